@@ -1,0 +1,301 @@
+"""Train a base model by full fine-tuning, LoRA or LoRA over an 8-bit base, from one recipe.
+
+    peft-gpt2 train recipes/quickstart.yaml --set train.max_steps=20
+
+Reads top to bottom: check recipe and data -> load model -> trainer -> train -> save. Loss is on the
+completion only (TRL's prompt-completion format); the adapter folder is written to a temporary
+folder and renamed into place, so a crash never leaves one that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from peft_gpt2.config import Recipe, dump_recipe, recipe_dict
+from peft_gpt2.data import Splits, prepare_splits, save_records
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.prompts import TEMPLATES
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import SFTConfig
+
+PROVENANCE = "peft_gpt2.json"
+PACKAGES = ("peft-gpt2", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
+
+
+def default_targets(model: PreTrainedModel) -> list[str]:
+    """PEFT's per-architecture LoRA targets (GPT-2: ``c_attn``; Llama: ``q_proj``, ``v_proj``)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+
+    model_type = model.config.model_type
+    if model_type not in TARGETS:
+        raise PeftGpt2Error(f"no default LoRA targets for model type {model_type!r}: set lora.target_modules")
+    return list(TARGETS[model_type])
+
+
+def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
+    """``recipe.lora`` -> ``LoraConfig``, with ``fan_in_fan_out`` set when the targets are GPT-2's Conv1D."""
+    from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
+
+    targets = recipe.lora.target_modules or default_targets(model)
+    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
+    if not matched:
+        raise PeftGpt2Error(
+            f"lora.target_modules {targets} match no module of {model.config.model_type}; leaf names include "
+            f"{sorted({n.split('.')[-1] for n, _ in model.named_modules() if n})[:12]}"
+        )
+    conv1d = {isinstance(m, Conv1D) for m in matched}
+    if len(conv1d) > 1:
+        raise PeftGpt2Error(f"lora.target_modules {targets} mix Conv1D and Linear layers; target one kind")
+    return LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.lora_alpha,
+        lora_dropout=recipe.lora.lora_dropout,
+        target_modules=targets,
+        bias=recipe.lora.bias,
+        fan_in_fan_out=conv1d.pop(),
+        task_type="CAUSAL_LM",
+    )
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> bf16 (or fp16) on CUDA, bf16 autocast on a CPU with bf16 support, else fp32."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    cpu_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_bf16 else "fp32"
+    if precision == "fp16" and not cuda:
+        raise PeftGpt2Error("train.precision fp16 needs a CUDA GPU; on CPU use bf16 (if supported) or fp32")
+    if precision == "bf16" and not (torch.cuda.is_bf16_supported() if cuda else cpu_bf16):
+        raise PeftGpt2Error("train.precision bf16 is not supported on this device; use auto or fp32")
+    return precision
+
+
+def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
+    """``recipe.train`` + ``recipe.data.max_length`` -> ``SFTConfig`` (same key names)."""
+    import torch
+    from trl import SFTConfig
+
+    t = recipe.train
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        eval_strategy="steps" if t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        max_length=recipe.data.max_length,
+        completion_only_loss=True,
+        save_strategy="no",
+        report_to="none",
+    )
+
+
+def tokenized_pairs(
+    pairs: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int, overlong: str, split: str
+) -> tuple[list[dict], dict]:
+    """Check the completion mask will be exact and apply the over-long policy; count what it did.
+
+    TRL finds the completion by tokenizing the prompt alone and prompt+completion; if BPE merges across
+    the join it only logs a warning and trains on a shifted mask, so here that is an error.
+    """
+    prompts = tokenizer([p["prompt"] for p in pairs], add_special_tokens=False)["input_ids"]
+    full = tokenizer([p["prompt"] + p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
+    kept, truncated, dropped = [], 0, 0
+    for i, (pair, p_ids, f_ids) in enumerate(zip(pairs, prompts, full, strict=True)):
+        if f_ids[: len(p_ids)] != p_ids:
+            raise PeftGpt2Error(
+                f"{split} record {i}: the tokenized prompt is not a prefix of prompt+completion, so the loss mask "
+                f"would be shifted; check the template and the record's output {pair['completion'][:40]!r}"
+            )
+        length = len(f_ids) + 1  # + eos
+        if length <= max_length:
+            kept.append(pair)
+        elif overlong == "drop" or len(p_ids) >= max_length:  # a prompt alone that fills max_length: no loss
+            dropped += 1
+        else:
+            truncated += 1
+            kept.append(pair)
+    return kept, {f"{split}_overlong_truncated": truncated, f"{split}_overlong_dropped": dropped}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """``(trainable, total)``; 8-bit weights count their real element count."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def check_output(recipe: Recipe, overwrite: bool) -> Path:
+    out = recipe.out_path
+    if out.exists() and not overwrite:
+        raise PeftGpt2Error(f"{out} already exists; choose another name (--set name=...) or pass --overwrite")
+    return out
+
+
+def train(recipe: Recipe, *, overwrite: bool = False) -> Path:
+    """Run a recipe end to end and return the adapter (or model) folder.
+
+    Args:
+        recipe (`Recipe`): a validated recipe (``peft_gpt2.config.load_recipe``).
+        overwrite (`bool`, *optional*, defaults to `False`): replace an existing output folder.
+    """
+    # 1. Everything a user can get wrong, before any model is loaded.
+    out = check_output(recipe, overwrite)
+    precision = resolve_precision(recipe.train.precision)
+    d = recipe.data
+    splits: Splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
+    template = TEMPLATES[d.template]
+
+    from peft_gpt2.models import config_fingerprint, load_base, load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model.name)
+    train_pairs, stats = tokenized_pairs(
+        [template.render(r) for r in splits.train], tokenizer, d.max_length, d.overlong, "train"
+    )
+    val_pairs, val_stats = tokenized_pairs(
+        [template.render(r) for r in splits.validation], tokenizer, d.max_length, d.overlong, "validation"
+    )
+    stats = {**splits.stats, **stats, **val_stats}
+    if not train_pairs:
+        raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
+    print(f"data: {json.dumps(stats)}", flush=True)
+
+    # 2. Model, adapter config, trainer.
+    import datasets
+    from trl import SFTTrainer
+
+    model, tokenizer = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
+    peft_config = None
+    if recipe.method != "full":
+        peft_config = lora_config(recipe, model)
+    if recipe.method == "lora-8bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
+
+    work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=_mkdir(out.parent)))
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(recipe, work / "checkpoints", precision),
+            train_dataset=datasets.Dataset.from_list(train_pairs),
+            eval_dataset=datasets.Dataset.from_list(val_pairs) if val_pairs else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+        trainable, total = count_parameters(trainer.model)
+        print(f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
+              f"({100 * trainable / total:.3f}%), precision {precision}", flush=True)
+
+        # 3. Train, with validation loss before and after.
+        val_before = trainer.evaluate()["eval_loss"] if val_pairs else None
+        start = time.perf_counter()
+        result = trainer.train()
+        train_time = time.perf_counter() - start
+        val_after = trainer.evaluate()["eval_loss"] if val_pairs else None
+        if val_pairs:
+            print(f"validation loss: {val_before:.4f} -> {val_after:.4f}", flush=True)
+
+        # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename.
+        stage = work / "out"
+        trainer.save_model(str(stage))
+        tokenizer.save_pretrained(stage)
+        (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+        save_records(splits.test, stage / "test.json")
+        (stage / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        provenance = {
+            "name": recipe.name,
+            "method": recipe.method,
+            "base_model": recipe.model.name,
+            "base_model_path": model.config._name_or_path or recipe.model.name,
+            "base_config_fingerprint": config_fingerprint(model.config),
+            "model_type": model.config.model_type,
+            "template": d.template,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "precision": precision,
+            "train_time_s": round(train_time, 2),
+            "train_steps": result.global_step,
+            "train_loss": result.training_loss,
+            "validation_loss_before": val_before,
+            "validation_loss_after": val_after,
+            "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "device": str(trainer.args.device),
+            "data": stats,
+            "recipe": recipe_dict(recipe),
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (stage / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        _replace(stage, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
+    return out
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is set aside first and removed only after."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{time.time_ns()}")
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
