@@ -63,15 +63,11 @@ class GenerationSettings:
 
 @lru_cache(maxsize=8)
 def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...], vocab_size: int):
-    """Transformers' ``StopStringCriteria``, built once per tokenizer and stop strings.
+    """``StopStringCriteria``, built once per tokenizer: it scans the whole vocabulary (~1 s for GPT-2),
+    and ``generate(stop_strings=)`` caches it by ``get_vocab()`` order, which fast tokenizers shuffle."""
+    from transformers import StopStringCriteria
 
-    Building it scans the whole vocabulary (about a second for GPT-2's 50k tokens). Transformers
-    caches it keyed by ``get_vocab()`` order, which a fast tokenizer returns shuffled on every call,
-    so passing ``stop_strings=`` to ``generate`` would rebuild it for every batch.
-    """
-    from transformers import StoppingCriteriaList, StopStringCriteria
-
-    return StoppingCriteriaList([StopStringCriteria(tokenizer, list(stop))])
+    return StopStringCriteria(tokenizer, list(stop))
 
 
 def _cut(text: str, stop: list[str]) -> str:
@@ -103,6 +99,7 @@ def generate(
         `list[str]`: The continuations without the prompt, cut before eos and the first stop string, stripped.
     """
     import torch
+    from transformers import StoppingCriteriaList
 
     settings = settings or GenerationSettings()
     if not prompts:
@@ -110,17 +107,14 @@ def generate(
     if adapter_names is not None and len(adapter_names) != len(prompts):
         raise PeftGpt2Error(f"got {len(adapter_names)} adapter_names for {len(prompts)} prompts")
     eos = model.generation_config.eos_token_id
-    eos = tokenizer.eos_token_id if eos is None else eos
+    eos = tokenizer.eos_token_id if eos is None else eos  # a list for models with several end tokens
     eos_ids = set(eos) if isinstance(eos, list) else {eos}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
     kwargs: dict = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                        pad_token_id=pad_id, eos_token_id=eos)
-    if settings.do_sample:
+                        repetition_penalty=settings.repetition_penalty, pad_token_id=pad_id, eos_token_id=eos)
+    if settings.do_sample:  # only then: greedy generate warns about sampling flags
         kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
-    if settings.repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = settings.repetition_penalty
-    if settings.stop:  # stops early, after the token completing a stop string; the text is cut below
-        kwargs["stopping_criteria"] = _stop_criteria(tokenizer, tuple(settings.stop), len(tokenizer))
+    stop_criteria = _stop_criteria(tokenizer, tuple(settings.stop), len(tokenizer)) if settings.stop else None
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
 
@@ -138,11 +132,16 @@ def generate(
             idx = order[start:start + settings.batch_size]
             batch = tokenizer([prompts[i] for i in idx], padding=True, padding_side="left",
                               return_tensors="pt").to(model.device)
+            width = batch["input_ids"].shape[1]
             extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
+            if stop_criteria is not None:  # match in the generated part only; transformers would also
+                # match a stop string begun in the prompt ("...###" + " foo" for "### "), ending at once
+                extra["stopping_criteria"] = StoppingCriteriaList(
+                    [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)])
             with torch.inference_mode():
                 out = model.generate(**batch, **kwargs, **extra)
-            for i, row in zip(idx, out[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
-                row = row[:len(row) or next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
+            for i, row in zip(idx, out[:, width:].tolist(), strict=True):
+                row = row[:next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
                 results[i] = _cut(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
     finally:
         model.train(was_training)

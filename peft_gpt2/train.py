@@ -16,6 +16,8 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +110,7 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
         logging_steps=t.logging_steps,
         seed=t.seed,
         data_seed=t.seed,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.activation_checkpointing,
         eval_strategy="steps" if t.eval_steps else "no",
         eval_steps=t.eval_steps,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -176,6 +178,39 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
+def make_trainer(
+    recipe: Recipe,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_pairs: list[dict],
+    val_pairs: list[dict],
+    output_dir: Path,
+    precision: str,
+):
+    """TRL's ``SFTTrainer`` on ``{"prompt", "completion"}`` pairs: loss on the completion and its eos only."""
+    import datasets
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=sft_config(recipe, output_dir, precision),
+        train_dataset=datasets.Dataset.from_list(train_pairs),
+        eval_dataset=datasets.Dataset.from_list(val_pairs) if val_pairs else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe, model) if recipe.method != "full" else None,
+    )
+
+
+@dataclass
+class TrainRun:
+    """What ``train`` leaves: the output folder, its provenance, and the trained model still in memory."""
+
+    path: Path
+    provenance: dict
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
 def check_output(recipe: Recipe, overwrite: bool) -> Path:
     out = recipe.out_path
     if out.exists() and not overwrite:
@@ -183,8 +218,8 @@ def check_output(recipe: Recipe, overwrite: bool) -> Path:
     return out
 
 
-def train(recipe: Recipe, *, overwrite: bool = False) -> Path:
-    """Run a recipe end to end and return the adapter (or model) folder.
+def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
+    """Run a recipe end to end: the adapter (or full model) lands in ``<output_dir>/<name>/``.
 
     Args:
         recipe (`Recipe`): a validated recipe (``peft_gpt2.config.load_recipe``).
@@ -211,29 +246,19 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> Path:
         raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
     print(f"data: {json.dumps(stats)}", flush=True)
 
-    # 2. Model, adapter config, trainer.
-    import datasets
-    from trl import SFTTrainer
-
+    # 2. Model and trainer.
     model, tokenizer = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
-    peft_config = None
-    if recipe.method != "full":
-        peft_config = lora_config(recipe, model)
     if recipe.method == "lora-8bit":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
+        # bitsandbytes warns on every 8-bit matmul that it casts inputs to fp16 (its documented behaviour).
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.activation_checkpointing)
 
     work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=_mkdir(out.parent)))
     try:
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_config(recipe, work / "checkpoints", precision),
-            train_dataset=datasets.Dataset.from_list(train_pairs),
-            eval_dataset=datasets.Dataset.from_list(val_pairs) if val_pairs else None,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        trainer = make_trainer(recipe, model, tokenizer, train_pairs, val_pairs, work / "checkpoints", precision)
         trainable, total = count_parameters(trainer.model)
         print(f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
               f"({100 * trainable / total:.3f}%), precision {precision}", flush=True)
@@ -250,6 +275,7 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> Path:
         # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename.
         stage = work / "out"
         trainer.save_model(str(stage))
+        (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
         tokenizer.save_pretrained(stage)
         (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         save_records(splits.test, stage / "test.json")
@@ -282,7 +308,7 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
-    return out
+    return TrainRun(out, provenance, trainer.model.eval(), tokenizer)
 
 
 def _mkdir(path: Path) -> Path:

@@ -127,6 +127,19 @@ def test_stop_string_cuts_text_and_stops_generation(positional, reference, monke
     assert [generated for _, generated in calls] == [needed]
 
 
+def test_stop_string_begun_in_the_prompt_does_not_count(positional, reference, monkeypatch):
+    """Transformers' criterion alone would stop after one token: the match overlaps the newest token."""
+    model, tokenizer = positional
+    prompt = PROMPTS[4]
+    completion = tokenizer.decode(reference[prompt])
+    stop = prompt[-4:] + completion[:2]  # found in prompt + completion, not in the completion alone
+    assert stop in prompt + completion and stop not in completion
+    calls = record_calls(model, monkeypatch)
+    (result,) = generate(model, tokenizer, [prompt], GenerationSettings(max_new_tokens=N, stop=[stop]))
+    assert result == completion.strip()
+    assert [generated for _, generated in calls] == [N]
+
+
 def test_stop_strings_per_row_in_a_batch(positional, reference):
     model, tokenizer = positional
     stop = tokenizer.decode(reference[PROMPTS[1]][5:7]).strip()

@@ -1,0 +1,94 @@
+"""Data loading: shapes, cleaning counts, deterministic splits, and errors that name file and record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peft_gpt2.data import clean, load_records, prepare_splits, split, subsample
+from peft_gpt2.errors import PeftGpt2Error
+
+
+def records(n: int) -> list[dict]:
+    return [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(n)]
+
+
+def test_json_and_jsonl_load_the_same(tmp_path):
+    data = records(5)
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in data) + "\n\n")
+    assert load_records(str(tmp_path / "a.json")) == load_records(str(tmp_path / "a.jsonl")) == data
+
+
+def test_missing_input_becomes_empty_and_extra_keys_are_ignored(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "x", "output": "y", "text": "z", "input": None}]))
+    assert load_records(str(tmp_path / "a.json")) == [{"instruction": "x", "input": "", "output": "y"}]
+
+
+def test_shipped_sample_data_is_valid():
+    assert len(load_records("data/sample_instructions.json")) >= 150
+
+
+def test_cleaning_drops_and_counts():
+    data = records(3) + [records(3)[1], {"instruction": "a", "input": "", "output": "  "}]
+    kept, stats = clean(data)
+    assert kept == records(3)
+    assert stats == {"records_read": 5, "dropped_duplicates": 1, "dropped_empty_output": 1}
+
+
+def test_split_is_deterministic_disjoint_and_sized():
+    data = records(100)
+    a = split(data, [0.85, 0.10, 0.05], seed=1)
+    assert a == split(data, [0.85, 0.10, 0.05], seed=1)
+    assert [len(p) for p in a] == [85, 10, 5]
+    outputs = [r["output"] for part in a for r in part]
+    assert sorted(outputs) == sorted(r["output"] for r in data)
+    assert a != split(data, [0.85, 0.10, 0.05], seed=2)
+
+
+def test_subsample_by_limit_and_fraction():
+    data = records(50)
+    assert len(subsample(data, limit=10, fraction=None, seed=0)) == 10
+    assert len(subsample(data, limit=None, fraction=0.2, seed=0)) == 10
+    assert subsample(data, limit=10, fraction=None, seed=0) == subsample(data, limit=10, fraction=None, seed=0)
+    assert subsample(data, limit=500, fraction=None, seed=0) == data
+
+
+def test_prepare_splits_reports_counts(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(records(40) + records(2)))
+    splits = prepare_splits(str(tmp_path / "a.json"), limit=20, seed=0)
+    assert splits.stats["dropped_duplicates"] == 2
+    assert splits.stats["records_used"] == 20
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 20
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.json", '[\n {"instruction": "a", "output": "b"},\n {"instruction": }\n]', "bad.json: line 3"),
+        ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{oops}\n', "bad.jsonl: line 2: malformed JSON Lines"),
+        ("obj.json", '{"data": []}', "expected a JSON list of records, got a dict"),
+        ("empty.json", "  \n", "the file is empty"),
+        ("nofield.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c"}]', "record 1: missing field 'output'"),
+        ("type.json", '[{"instruction": "a", "output": 3}]', "record 0: field 'output' must be a string, got int"),
+        ("notobj.json", '["just text"]', "record 0: expected an object"),
+        ("allempty.json", '[{"instruction": "a", "output": ""}]', "no usable records after cleaning"),
+    ],
+)
+def test_bad_files_name_file_and_record(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(PeftGpt2Error) as err:
+        prepare_splits(str(tmp_path / name))
+    assert message in str(err.value)
+
+
+def test_non_utf8_names_the_line(tmp_path):
+    (tmp_path / "latin.json").write_bytes(b'[\n{"instruction": "caf\xe9", "output": "x"}]')
+    with pytest.raises(PeftGpt2Error, match=r"latin.json: line 2: not UTF-8"):
+        load_records(str(tmp_path / "latin.json"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PeftGpt2Error, match="does not exist"):
+        load_records(str(tmp_path / "nope.json"))

@@ -1,0 +1,195 @@
+"""Training: the completion-only mask, LoRA parameter counts, learning, 8-bit, save -> plain PEFT load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from peft_gpt2.cli import main
+from peft_gpt2.config import load_recipe
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.prompts import TEMPLATES
+from peft_gpt2.train import lora_config, make_trainer, tokenized_pairs, train
+
+
+def addition_records(n: int, seed: int = 0) -> list[dict]:
+    """A learnable toy task: short, regular completions."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        out.append({"instruction": "Add the two numbers.", "input": f"{a} and {b}", "output": str(a + b)})
+    return out
+
+
+def make_recipe(tmp_path: Path, tiny_path: str, *overrides: str, records: list[dict] | None = None):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records if records is not None else addition_records(240)))
+    yaml_text = (
+        f"name: toy\nmethod: lora\noutput_dir: {tmp_path / 'adapters'}\nmodel: {{name: {tiny_path}}}\n"
+        f"data: {{path: {data}, template: short, max_length: 64}}\n"
+        "lora: {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: [c_attn, c_proj, c_fc]}\n"
+        "train: {learning_rate: 1.0e-2, max_steps: 30, per_device_train_batch_size: 16, logging_steps: 10, "
+        "precision: fp32, warmup_steps: 0}\n"
+    )
+    (tmp_path / "toy.yaml").write_text(yaml_text)
+    return load_recipe(tmp_path / "toy.yaml", list(overrides))
+
+
+def test_prompt_masked_completion_and_final_eos_learned(tmp_path, tiny, tiny_path, caplog):
+    """On the real GPT-2 tokenizer: every prompt token is -100; every completion token and the final eos
+    carries its label, even though pad == eos and the batch is padded."""
+    model, tokenizer = tiny
+    recipe = make_recipe(tmp_path, tiny_path)
+    records = addition_records(3) + [
+        {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky.\nAnd the sea."},
+        {"instruction": "Quote it.", "input": "(with brackets)", "output": "\"Elementary,\" he said."},
+    ]
+    pairs = [TEMPLATES["alpaca"].render(r) for r in records]
+    with caplog.at_level(logging.WARNING):
+        trainer = make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+    assert "not a prefix" not in caplog.text  # TRL's shifted-mask warning, treated as an error
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == eos  # GPT-2 has no pad token: the case that hides the bug
+    rows = [trainer.train_dataset[i] for i in range(len(pairs))]
+    for pair, row in zip(pairs, rows, strict=True):
+        n_prompt = len(tokenizer(pair["prompt"])["input_ids"])
+        ids, labels = row["input_ids"], row["labels"]
+        assert labels[:n_prompt] == [-100] * n_prompt
+        assert labels[n_prompt:] == ids[n_prompt:]
+        assert ids[-1] == eos and labels[-1] == eos
+        assert tokenizer.decode(ids[n_prompt:-1]) == pair["completion"]
+    batch = trainer.data_collator(rows)
+    for row, labels, mask in zip(rows, batch["labels"], batch["attention_mask"], strict=True):
+        n = len(row["input_ids"])
+        assert labels[:n].tolist() == row["labels"]  # the final eos keeps its label
+        assert (labels[n:] == -100).all() and (mask[n:] == 0).all()  # padding carries none
+
+
+def test_shifted_mask_is_an_error(gpt2_tokenizer):
+    pairs = [{"prompt": "The answer is wor", "completion": "ld"}]  # BPE merges "world" across the join
+    with pytest.raises(PeftGpt2Error, match="train record 0: the tokenized prompt is not a prefix"):
+        tokenized_pairs(pairs, gpt2_tokenizer, 64, "truncate", "train")
+
+
+def test_overlong_examples_are_counted(gpt2_tokenizer):
+    pairs = [{"prompt": "Q:\n", "completion": "short"}, {"prompt": "Q:\n", "completion": "long " * 40},
+             {"prompt": "word " * 40 + "\n", "completion": "x"}]
+    kept, stats = tokenized_pairs(pairs, gpt2_tokenizer, 20, "truncate", "train")
+    assert len(kept) == 2 and stats == {"train_overlong_truncated": 1, "train_overlong_dropped": 1}
+    kept, stats = tokenized_pairs(pairs, gpt2_tokenizer, 20, "drop", "train")
+    assert len(kept) == 1 and stats == {"train_overlong_truncated": 0, "train_overlong_dropped": 2}
+
+
+def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path, tiny_path):
+    """GPT-2 small, r=8 on c_attn: r * (768 + 2304) * 12 trainable parameters."""
+    from peft import get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's architecture, random weights
+    recipe = make_recipe(tmp_path, tiny_path, "lora.r=8", "lora.target_modules=null")
+    config = lora_config(recipe, model)
+    assert config.target_modules == {"c_attn"} and config.fan_in_fan_out is True
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == 8 * (768 + 2304) * 12 == 294_912
+    assert all("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+def test_llama_targets_are_linear_not_conv1d(tmp_path, tiny_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=100))
+    config = lora_config(make_recipe(tmp_path, tiny_path, "lora.target_modules=null"), model)
+    assert config.target_modules == {"q_proj", "v_proj"} and config.fan_in_fan_out is False
+    with pytest.raises(PeftGpt2Error, match="match no module"):
+        lora_config(make_recipe(tmp_path, tiny_path, "lora.target_modules=[c_attn]"), model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_toy_task_validation_loss_goes_down(tmp_path, tiny_path, method):
+    run = train(make_recipe(tmp_path, tiny_path, f"method={method}"))
+    p = run.provenance
+    assert p["validation_loss_after"] < p["validation_loss_before"] - 1.5, p
+    assert p["method"] == method and p["train_steps"] == 30
+    files = {f.name for f in run.path.iterdir()}
+    assert {"peft_gpt2.json", "recipe.yaml", "test.json", "train_log.json", "tokenizer.json"} <= files
+    assert ("adapter_model.safetensors" if method == "lora" else "model.safetensors") in files
+    assert not any(f.endswith(".bin") for f in files)
+    assert len(json.loads((run.path / "test.json").read_text())) == p["data"]["test"] > 0
+    if method == "lora":
+        assert p["trainable_parameters"] < p["total_parameters"] / 10
+    else:
+        assert p["trainable_parameters"] == p["total_parameters"]
+
+
+@pytest.mark.slow
+def test_adapter_loads_with_plain_peft_and_gives_identical_logits(tmp_path, tiny_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = train(make_recipe(tmp_path, tiny_path, "train.max_steps=5"))
+    config = json.loads((run.path / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])  # a plain folder
+    loaded = PeftModel.from_pretrained(base, run.path).eval()
+    ids = run.tokenizer(["### Instruction:\nAdd the two numbers.\n\n### Response:\n"], return_tensors="pt")
+    with torch.no_grad():
+        expected = run.model(**ids).logits
+        got = loaded(**ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    lora_b = [p for n, p in loaded.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # training moved the adapter off its zero init
+
+
+@pytest.mark.slow
+def test_lora_8bit_loads_and_trains_on_cpu(tmp_path, tiny_path):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    run = train(make_recipe(tmp_path, tiny_path, "method=lora-8bit", "train.max_steps=15"))
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in run.model.modules())
+    p = run.provenance
+    assert p["method"] == "lora-8bit"
+    assert p["validation_loss_after"] < p["validation_loss_before"]
+    assert (run.path / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: d.unlink(), "does not exist"),
+        (lambda d: d.write_text('[{"instruction": "a", "output": "b"},\n{"instruction": }]'), "line 2"),
+        (lambda d: d.write_text('[{"instruction": "a", "output": "b"}, {"output": "c"}]'), "record 1: missing"),
+        (lambda d: d.write_text('[{"instruction": "a", "output": ""}]'), "no usable records"),
+    ],
+)
+def test_bad_input_fails_before_loading_and_writes_nothing(tmp_path, tiny_path, capsys, setup, message):
+    make_recipe(tmp_path, tiny_path)
+    setup(tmp_path / "data.json")
+    assert main(["train", str(tmp_path / "toy.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
+
+
+def test_unknown_key_fails_with_suggestion(tmp_path, tiny_path, capsys):
+    make_recipe(tmp_path, tiny_path)
+    assert main(["train", str(tmp_path / "toy.yaml"), "--set", "train.max_step=3"]) == 2
+    assert "did you mean train.max_steps?" in capsys.readouterr().err
+    assert not (tmp_path / "adapters").exists()
+
+
+def test_existing_output_is_refused(tmp_path, tiny_path):
+    recipe = make_recipe(tmp_path, tiny_path)
+    (tmp_path / "adapters" / "toy").mkdir(parents=True)
+    (tmp_path / "adapters" / "toy" / "keep.txt").write_text("mine")
+    with pytest.raises(PeftGpt2Error, match="already exists.*--overwrite"):
+        train(recipe)
+    assert (tmp_path / "adapters" / "toy" / "keep.txt").read_text() == "mine"
