@@ -14,11 +14,22 @@ import sys
 from peft_gpt2.errors import PeftGpt2Error
 
 
+def _quiet_loading_bars() -> None:
+    """Keep the training bar and the loss; drop the per-step bars of weight loading and dataset maps."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _train(args: argparse.Namespace) -> None:
     from peft_gpt2.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)  # fails fast, before the heavy imports
+    _quiet_loading_bars()
     from peft_gpt2.train import train
 
-    recipe = load_recipe(args.recipe, args.set)
     train(recipe, overwrite=args.overwrite)
 
 
@@ -28,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a full fine-tune or LoRA adapter from a YAML recipe")
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_train)
     return parser

@@ -61,10 +61,16 @@ class DataConfig:
         _check(self.fraction is None or 0 < self.fraction <= 1, "data.fraction", "must be in (0, 1]")
         _check(self.limit is None or self.fraction is None, "data.limit", "set limit or fraction, not both")
         _check(len(self.split) == 3, "data.split", "must be three fractions: [train, validation, test]")
-        _check(all(f >= 0 for f in self.split) and self.split[0] > 0, "data.split",
-               f"fractions must be >= 0 with train > 0, got {self.split}")
-        _check(math.isclose(sum(self.split), 1.0, abs_tol=1e-6), "data.split",
-               f"fractions must sum to 1, got {self.split} (sum {sum(self.split):g})")
+        _check(
+            all(f >= 0 for f in self.split) and self.split[0] > 0,
+            "data.split",
+            f"fractions must be >= 0 with train > 0, got {self.split}",
+        )
+        _check(
+            math.isclose(sum(self.split), 1.0, abs_tol=1e-6),
+            "data.split",
+            f"fractions must sum to 1, got {self.split} (sum {sum(self.split):g})",
+        )
         _check(self.max_length >= 16, "data.max_length", f"must be >= 16, got {self.max_length}")
         _check(self.overlong in ("truncate", "drop"), "data.overlong", "must be 'truncate' or 'drop'")
 
@@ -81,8 +87,11 @@ class LoraSettings:
         _check(self.r >= 1, "lora.r", f"must be >= 1, got {self.r}")
         _check(self.lora_alpha > 0, "lora.lora_alpha", f"must be > 0, got {self.lora_alpha}")
         _check(0 <= self.lora_dropout < 1, "lora.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
-        _check(self.target_modules is None or len(self.target_modules) > 0, "lora.target_modules",
-               "must name at least one module, or be null for the architecture's default")
+        _check(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "lora.target_modules",
+            "must name at least one module, or be null for the architecture's default",
+        )
         _check(self.bias in ("none", "lora_only", "all"), "lora.bias", "must be none, lora_only or all")
 
 
@@ -111,8 +120,12 @@ class TrainSettings:
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.num_train_epochs > 0, "train.num_train_epochs", "must be > 0")
         _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", "must be -1 (off) or >= 1")
-        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "logging_steps"):
+        for key in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.eval_steps is None or self.eval_steps >= 1, "train.eval_steps", "must be >= 1 or null")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -132,8 +145,11 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
-        _check(bool(self.name) and "/" not in self.name and not self.name.startswith("."), "name",
-               f"must be a plain folder name, got {self.name!r}")
+        _check(
+            bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+            "name",
+            f"must be a plain folder name, got {self.name!r}",
+        )
 
     @property
     def out_path(self) -> Path:

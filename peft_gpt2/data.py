@@ -45,7 +45,9 @@ def _parse_json(text: str, source: str) -> list:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise PeftGpt2Error(f"{source}: line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
+            raise PeftGpt2Error(
+                f"{source}: line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})"
+            ) from None
         if not isinstance(data, list):
             raise PeftGpt2Error(
                 f"{source}: expected a JSON list of records, got a {type(data).__name__}"
@@ -70,7 +72,9 @@ def _read_source(source: str) -> list:
             with urllib.request.urlopen(source, timeout=60) as response:
                 return _parse_json(_decode(response.read(), source), source)
         except OSError as err:
-            raise PeftGpt2Error(f"could not download {source}: {err}; download it and set data.path to the file")
+            raise PeftGpt2Error(
+                f"could not download {source}: {err}; download it and set data.path to the file"
+            ) from None
     path = Path(source).expanduser()
     if path.is_file():
         return _parse_json(_decode(path.read_bytes(), source), source)

@@ -53,8 +53,10 @@ class GenerationSettings:
             "top_k": (self.top_k >= 0, ">= 0 (0 turns it off)"),
             "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
             "repetition_penalty": (self.repetition_penalty > 0, "> 0 (1 turns it off)"),
-            "stop": (isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
-                     "a list of non-empty strings"),
+            "stop": (
+                isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
+                "a list of non-empty strings",
+            ),
         }
         for name, (ok, rule) in rules.items():
             if not ok:
@@ -110,8 +112,13 @@ def generate(
     eos = tokenizer.eos_token_id if eos is None else eos  # a list for models with several end tokens
     eos_ids = set(eos) if isinstance(eos, list) else {eos}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
-    kwargs: dict = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                        repetition_penalty=settings.repetition_penalty, pad_token_id=pad_id, eos_token_id=eos)
+    kwargs: dict = dict(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        repetition_penalty=settings.repetition_penalty,
+        pad_token_id=pad_id,
+        eos_token_id=eos,
+    )
     if settings.do_sample:  # only then: greedy generate warns about sampling flags
         kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     stop_criteria = _stop_criteria(tokenizer, tuple(settings.stop), len(tokenizer)) if settings.stop else None
@@ -121,27 +128,31 @@ def generate(
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 0)
     if limit and max(lengths) + settings.max_new_tokens > limit:
-        raise PeftGpt2Error(f"a prompt of {max(lengths)} tokens + max_new_tokens={settings.max_new_tokens} "
-                            f"exceeds the model's {limit} positions; shorten it or lower max_new_tokens")
+        raise PeftGpt2Error(
+            f"a prompt of {max(lengths)} tokens + max_new_tokens={settings.max_new_tokens} "
+            f"exceeds the model's {limit} positions; shorten it or lower max_new_tokens"
+        )
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: out-of-memory shows early
     results: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(order), settings.batch_size):
-            idx = order[start:start + settings.batch_size]
-            batch = tokenizer([prompts[i] for i in idx], padding=True, padding_side="left",
-                              return_tensors="pt").to(model.device)
+            idx = order[start : start + settings.batch_size]
+            batch = tokenizer([prompts[i] for i in idx], padding=True, padding_side="left", return_tensors="pt").to(
+                model.device
+            )
             width = batch["input_ids"].shape[1]
             extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
             if stop_criteria is not None:  # match in the generated part only; transformers would also
                 # match a stop string begun in the prompt ("...###" + " foo" for "### "), ending at once
                 extra["stopping_criteria"] = StoppingCriteriaList(
-                    [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)])
+                    [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)]
+                )
             with torch.inference_mode():
                 out = model.generate(**batch, **kwargs, **extra)
             for i, row in zip(idx, out[:, width:].tolist(), strict=True):
-                row = row[:next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
+                row = row[: next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
                 results[i] = _cut(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
     finally:
         model.train(was_training)

@@ -213,7 +213,16 @@ def load_base(
 
 def config_fingerprint(config) -> str:
     """A hash of the architecture-defining part of a model config, to check an adapter matches its base."""
-    skip = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "quantization_config",
-            "pad_token_id", "use_cache", "architectures", "_attn_implementation_autoset"}
+    skip = {
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "quantization_config",
+        "pad_token_id",
+        "use_cache",
+        "architectures",
+        "_attn_implementation_autoset",
+    }
     data = {k: v for k, v in config.to_dict().items() if k not in skip}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ folder and renamed into place, so a crash never leaves one that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -155,10 +156,8 @@ def tokenized_pairs(
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -260,8 +259,11 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
     try:
         trainer = make_trainer(recipe, model, tokenizer, train_pairs, val_pairs, work / "checkpoints", precision)
         trainable, total = count_parameters(trainer.model)
-        print(f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
-              f"({100 * trainable / total:.3f}%), precision {precision}", flush=True)
+        print(
+            f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
+            f"({100 * trainable / total:.3f}%), precision {precision}",
+            flush=True,
+        )
 
         # 3. Train, with validation loss before and after.
         val_before = trainer.evaluate()["eval_loss"] if val_pairs else None

@@ -32,15 +32,30 @@ def test_every_shipped_recipe_validates(path):
 
 def test_shipped_recipes_cover_the_issue():
     names = {p.stem for p in RECIPES}
-    for expected in ("quickstart", "alpaca_full", "alpaca_lora", "alpaca_lora_8bit", "alpaca_full_medium",
-                     "alpaca_lora_medium", "alpaca_lora_8bit_medium"):
+    for expected in (
+        "quickstart",
+        "alpaca_full",
+        "alpaca_lora",
+        "alpaca_lora_8bit",
+        "alpaca_full_medium",
+        "alpaca_lora_medium",
+        "alpaca_lora_8bit_medium",
+    ):
         assert expected in names
     assert load_recipe(Path("recipes/alpaca_lora_8bit_medium.yaml")).model.name == "gpt2-medium"
 
 
 def test_overrides_apply_in_order_and_keep_types(tmp_path):
-    recipe = load_recipe(write(tmp_path, BASIC), ["train.max_steps=20", "data.limit=200", "train.learning_rate=1e-3",
-                                                  "lora.target_modules=[c_attn, c_fc]", "train.max_steps=30"])
+    recipe = load_recipe(
+        write(tmp_path, BASIC),
+        [
+            "train.max_steps=20",
+            "data.limit=200",
+            "train.learning_rate=1e-3",
+            "lora.target_modules=[c_attn, c_fc]",
+            "train.max_steps=30",
+        ],
+    )
     assert recipe.train.max_steps == 30
     assert recipe.data.limit == 200
     assert recipe.train.learning_rate == pytest.approx(1e-3)

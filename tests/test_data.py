@@ -70,7 +70,11 @@ def test_prepare_splits_reports_counts(tmp_path):
         ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{oops}\n', "bad.jsonl: line 2: malformed JSON Lines"),
         ("obj.json", '{"data": []}', "expected a JSON list of records, got a dict"),
         ("empty.json", "  \n", "the file is empty"),
-        ("nofield.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c"}]', "record 1: missing field 'output'"),
+        (
+            "nofield.json",
+            '[{"instruction": "a", "output": "b"}, {"instruction": "c"}]',
+            "record 1: missing field 'output'",
+        ),
         ("type.json", '[{"instruction": "a", "output": 3}]', "record 0: field 'output' must be a string, got int"),
         ("notobj.json", '["just text"]', "record 0: expected an object"),
         ("allempty.json", '[{"instruction": "a", "output": ""}]', "no usable records after cleaning"),

@@ -49,7 +49,7 @@ def reference(positional) -> dict[str, list[int]]:
     for prompt in PROMPTS:
         batch = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**batch, max_new_tokens=N, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        ids[prompt] = out[0, batch["input_ids"].shape[1]:].tolist()
+        ids[prompt] = out[0, batch["input_ids"].shape[1] :].tolist()
     assert all(len(row) == N for row in ids.values())  # no eos: every test may use all N tokens
     return ids
 
@@ -84,8 +84,9 @@ def test_wrong_position_ids_would_be_caught(positional, monkeypatch):
     if not hasattr(model, "_prepare_position_ids_for_generation"):
         pytest.skip("transformers internals changed; the equality test above still guards positions")
     single = generate(model, tokenizer, PROMPTS, replace(FREE, batch_size=1))
-    monkeypatch.setattr(model, "_prepare_position_ids_for_generation",
-                        lambda inputs, kwargs: torch.arange(inputs.shape[1]).unsqueeze(0))
+    monkeypatch.setattr(
+        model, "_prepare_position_ids_for_generation", lambda inputs, kwargs: torch.arange(inputs.shape[1]).unsqueeze(0)
+    )
     assert generate(model, tokenizer, PROMPTS, FREE) != single
 
 
@@ -109,7 +110,7 @@ def test_returns_only_the_continuation(positional, reference):
     full = tokenizer.decode(tokenizer(prompt)["input_ids"] + reference[prompt])
     (result,) = generate(model, tokenizer, [prompt], FREE)
     assert full.startswith(prompt)
-    assert result and result == full[len(prompt):].strip()
+    assert result and result == full[len(prompt) :].strip()
 
 
 def test_stop_string_cuts_text_and_stops_generation(positional, reference, monkeypatch):
@@ -178,8 +179,10 @@ def test_mixed_adapter_batch_follows_the_length_sort(tiny):
     names = ["one", "two", "__base__", "two", "one", "two", "__base__"]
     settings = GenerationSettings(max_new_tokens=6, stop=[], batch_size=3)
     batched = generate(peft_model, tokenizer, prompts, settings, adapter_names=names)
-    single = [generate(peft_model, tokenizer, [p], settings, adapter_names=[n])[0]
-              for p, n in zip(prompts, names, strict=True)]
+    single = [
+        generate(peft_model, tokenizer, [p], settings, adapter_names=[n])[0]
+        for p, n in zip(prompts, names, strict=True)
+    ]
     assert batched == single
     assert len({batched[0], batched[5], batched[6]}) == 3  # one prompt, three adapters, three outputs
     with pytest.raises(PeftGpt2Error, match="adapter_names"):

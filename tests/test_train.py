@@ -48,7 +48,7 @@ def test_prompt_masked_completion_and_final_eos_learned(tmp_path, tiny, tiny_pat
     recipe = make_recipe(tmp_path, tiny_path)
     records = addition_records(3) + [
         {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky.\nAnd the sea."},
-        {"instruction": "Quote it.", "input": "(with brackets)", "output": "\"Elementary,\" he said."},
+        {"instruction": "Quote it.", "input": "(with brackets)", "output": '"Elementary," he said.'},
     ]
     pairs = [TEMPLATES["alpaca"].render(r) for r in records]
     with caplog.at_level(logging.WARNING):
@@ -78,8 +78,11 @@ def test_shifted_mask_is_an_error(gpt2_tokenizer):
 
 
 def test_overlong_examples_are_counted(gpt2_tokenizer):
-    pairs = [{"prompt": "Q:\n", "completion": "short"}, {"prompt": "Q:\n", "completion": "long " * 40},
-             {"prompt": "word " * 40 + "\n", "completion": "x"}]
+    pairs = [
+        {"prompt": "Q:\n", "completion": "short"},
+        {"prompt": "Q:\n", "completion": "long " * 40},
+        {"prompt": "word " * 40 + "\n", "completion": "x"},
+    ]
     kept, stats = tokenized_pairs(pairs, gpt2_tokenizer, 20, "truncate", "train")
     assert len(kept) == 2 and stats == {"train_overlong_truncated": 1, "train_overlong_dropped": 1}
     kept, stats = tokenized_pairs(pairs, gpt2_tokenizer, 20, "drop", "train")
@@ -104,8 +107,16 @@ def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path, tiny_path)
 def test_llama_targets_are_linear_not_conv1d(tmp_path, tiny_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=100))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=100,
+        )
+    )
     config = lora_config(make_recipe(tmp_path, tiny_path, "lora.target_modules=null"), model)
     assert config.target_modules == {"q_proj", "v_proj"} and config.fan_in_fan_out is False
     with pytest.raises(PeftGpt2Error, match="match no module"):

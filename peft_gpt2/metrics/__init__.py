@@ -60,8 +60,7 @@ def _check_pairs(predictions: list[str], references: list[str]) -> None:
     """Fail with a plain message before `evaluate` does with a less helpful one."""
     if len(predictions) != len(references):
         raise PeftGpt2Error(
-            f"Got {len(predictions)} predictions but {len(references)} references; "
-            "they must pair up one to one."
+            f"Got {len(predictions)} predictions but {len(references)} references; they must pair up one to one."
         )
     if not predictions:
         raise PeftGpt2Error("No predictions to score: the lists of predictions and references are empty.")
@@ -109,9 +108,7 @@ def per_item_f1(predictions: list[str], references: list[str]) -> list[float]:
         `PeftGpt2Error`: if the lists are empty, differ in length, or hold something other than strings.
     """
     _check_pairs(predictions, references)
-    result = load_metric("squad_f1").compute(
-        predictions=list(predictions), references=list(references), per_item=True
-    )
+    result = load_metric("squad_f1").compute(predictions=list(predictions), references=list(references), per_item=True)
     return [float(x) for x in result["per_item_f1"]]
 
 

@@ -67,9 +67,7 @@ class Bleu(evaluate.Metric):
         if not predictions:
             raise ValueError("bleu needs at least one prediction/reference pair.")
         corpus = sacrebleu.corpus_bleu(list(predictions), [list(references)])
-        sentences = [
-            sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(predictions, references, strict=True)
-        ]
+        sentences = [sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(predictions, references, strict=True)]
         return {
             "bleu": corpus.score / 100,
             "sentence_bleu": sum(sentences) / len(sentences) / 100,
