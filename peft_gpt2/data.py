@@ -64,7 +64,7 @@ def _parse_json(text: str, source: str) -> list:
     return records
 
 
-def _read_source(source: str) -> list:
+def read_source(source: str) -> list:
     if source.startswith(("http://", "https://")):
         import urllib.request
 
@@ -117,7 +117,7 @@ def validate_records(raw: list, source: str) -> list[dict]:
 
 def load_records(source: str) -> list[dict]:
     """Read and validate Alpaca-style records from a JSON/JSONL file, a URL or a hub data set name."""
-    return validate_records(_read_source(source), source)
+    return validate_records(read_source(source), source)
 
 
 def clean(records: list[dict]) -> tuple[list[dict], dict]:

@@ -1,0 +1,245 @@
+r"""Score a model (base, LoRA adapter or merged) on held-out records: generated answers and completion perplexity.
+
+    python -c "from peft_gpt2.models import load_base; from peft_gpt2.evaluation import load_eval_records, \
+evaluate_model; m, t = load_base('tiny-gpt2'); r, task = load_eval_records('data/sherlock_qa.json'); \
+print(task, evaluate_model(m, t, r[:4])['metrics'])"
+
+Two views of one set: greedy answers scored against the references (F1, exact match, BLEU, ROUGE-L), and a
+teacher-forced pass that measures how likely the model finds the reference completion. The loss is over the
+same tokens training learns (completion + eos, never prompt or padding), summed per token over the whole
+set, so the perplexity does not depend on batch size or on how answers of different lengths are grouped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from peft_gpt2.data import read_source, validate_records
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.generation import GenerationSettings, generate
+from peft_gpt2.prompts import TEMPLATES
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TASK_FIELDS: dict[str, tuple[str, ...]] = {"qa": ("question", "answer"), "instructions": ("instruction", "output")}
+"""Fields each task's records must have; task detection looks for the first of each."""
+
+
+def _detect_task(first: object, source: str) -> str:
+    keys = sorted(first) if isinstance(first, dict) else []
+    for task, fields in TASK_FIELDS.items():
+        if fields[0] in keys:
+            return task
+    raise PeftGpt2Error(
+        f"{source}: record 0: cannot tell the task: expected {{'question', 'answer'}} (qa) or "
+        f"{{'instruction', 'input', 'output'}} (instructions), got "
+        + (f"keys {keys[:8]}" if isinstance(first, dict) else f"a {type(first).__name__}")
+    )
+
+
+def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict], str]:
+    """Read an evaluation set as Alpaca-shaped records, so generation and loss see one shape whatever the file.
+
+    Args:
+        source (`str`): A JSON or JSONL file (or anything `peft_gpt2.data` reads) of QA records
+            (``question``, ``answer``) or Alpaca records (``instruction``, ``input``, ``output``).
+        task (`str`, *optional*): ``"qa"`` or ``"instructions"``; detected from the first record's keys if unset.
+
+    Returns:
+        `tuple[list[dict], str]`: Records with ``instruction``, ``input``, ``output`` (QA: the question, ``""``,
+        the answer), and the task.
+
+    Raises:
+        `PeftGpt2Error`: If the file is unreadable or empty, or a record (named by index) lacks a field, holds a
+        non-string, or has an empty question/instruction or answer/output.
+    """
+    if task is not None and task not in TASK_FIELDS:
+        raise PeftGpt2Error(f"unknown evaluation task {task!r}; choose one of: {', '.join(TASK_FIELDS)}")
+    raw = read_source(source)
+    if not raw:
+        raise PeftGpt2Error(f"{source}: no records to evaluate")
+    task = task or _detect_task(raw[0], source)
+    if task == "qa":
+        for i, record in enumerate(raw):
+            if not isinstance(record, dict):
+                raise PeftGpt2Error(f"{source}: record {i}: expected an object with 'question' and 'answer'")
+            for key in TASK_FIELDS["qa"]:
+                if key not in record:
+                    hint = (
+                        "; it looks like an instructions file (task='instructions')" if "instruction" in record else ""
+                    )
+                    raise PeftGpt2Error(f"{source}: record {i}: missing field {key!r} (has {sorted(record)}){hint}")
+                if not isinstance(record[key], str):
+                    raise PeftGpt2Error(
+                        f"{source}: record {i}: field {key!r} must be a string, got {type(record[key]).__name__}"
+                    )
+        raw = [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in raw]
+    records = validate_records(raw, source)
+    names = dict(zip(TASK_FIELDS["instructions"], TASK_FIELDS[task], strict=True))
+    for i, record in enumerate(records):
+        for key, name in names.items():
+            if not record[key].strip():  # an empty reference scores 0 or 1 by accident, never meaningfully
+                raise PeftGpt2Error(f"{source}: record {i}: field {name!r} is empty")
+    return records, task
+
+
+def completion_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    *,
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> dict:
+    """Teacher-forced NLL of each completion and its eos given the prompt, summed per token over all pairs.
+
+    Sums, not per-batch means, so perplexity is ``exp(total NLL / total completion tokens)`` for any batching.
+    Labels are masked by position (prompt length, right padding), never by token id: GPT-2's pad is its eos,
+    and the eos that ends each completion is scored as in training.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): A causal LM; run in eval mode (restored afterwards).
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token and an eos token.
+        pairs (`list[dict]`): ``{"prompt", "completion"}`` as `Template.render` makes them.
+        batch_size (`int`, defaults to 16): Sequences per forward pass, grouped by length to cut padding.
+        max_length (`int`, defaults to 1024): Tokens kept per sequence (from the start; capped at the model's
+            positions). A pair whose prompt alone fills it is dropped, as in training.
+
+    Returns:
+        `dict`: ``nll_sum``, ``tokens`` (scored completion + eos tokens), ``correct`` (argmax hits), ``loss``
+        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts).
+
+    Raises:
+        `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from peft_gpt2.train import tokenized_pairs
+
+    if not pairs:
+        raise PeftGpt2Error("no pairs to score")
+    if batch_size < 1:
+        raise PeftGpt2Error(f"batch_size={batch_size} must be >= 1")
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    max_length = min(max_length, limit) if limit else max_length
+    kept, stats = tokenized_pairs(pairs, tokenizer, max_length, "truncate", "eval")
+    if not kept:
+        raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")
+    prompt_ids = tokenizer([p["prompt"] for p in kept], add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer([p["prompt"] + p["completion"] for p in kept], add_special_tokens=False)["input_ids"]
+    rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in full_ids]
+    starts = [len(p) for p in prompt_ids]  # the first label position of each row
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    nll, tokens, correct = 0.0, 0, 0
+    was_training = model.training
+    model.eval()  # dropout off: the same model must score the same
+    try:
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin : begin + batch_size]
+            width = len(rows[idx[0]])
+            ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx], device=model.device)
+            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
+            labels = ids.masked_fill(mask == 0, -100)
+            for row, i in enumerate(idx):
+                labels[row, : starts[i]] = -100
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            labels = labels[:, 1:]
+            keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
+            scored = logits[:, :-1][keep].float()
+            targets = labels[keep]
+            nll += F.cross_entropy(scored, targets, reduction="sum").item()
+            correct += int((scored.argmax(-1) == targets).sum())
+            tokens += int(keep.sum())
+    finally:
+        model.train(was_training)
+    loss = nll / tokens
+    return {
+        "nll_sum": nll,
+        "tokens": tokens,
+        "correct": correct,
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "token_accuracy": correct / tokens,
+        "truncated": stats["eval_overlong_truncated"],
+        "dropped": stats["eval_overlong_dropped"],
+    }
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict],
+    *,
+    template: str = "alpaca",
+    settings: GenerationSettings | None = None,
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> dict:
+    """Generate an answer per record and score it, plus completion perplexity: the one evaluation path.
+
+    Training-time evaluation and model comparison call this, so their numbers are comparable.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): The model to score, unmerged adapter or not.
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token.
+        records (`list[dict]`): Alpaca-shaped records (`load_eval_records`).
+        template (`str`, defaults to ``"alpaca"``): A `peft_gpt2.prompts.TEMPLATES` name, as in training.
+        settings (`GenerationSettings`, *optional*): Decoding; greedy with ``batch_size`` by default. The
+            template's stop strings are always added, so answers end where the template's next section starts.
+        batch_size (`int`, defaults to 16): Sequences per forward pass of the loss (and of generation by default).
+        max_length (`int`, defaults to 1024): Tokens kept per sequence for the loss.
+
+    Returns:
+        `dict`: ``metrics`` (f1, precision, recall, exact_match, bleu, sentence_bleu, rouge_l, perplexity,
+        token_accuracy, loss, completion_tokens, examples, generation_time_s, loss_time_s, mean_answer_words,
+        truncated, dropped) and ``answers`` (``instruction``, ``input``, ``expected``, ``generated``, ``f1`` per
+        record, in input order).
+    """
+    from peft_gpt2.metrics import per_item_f1, text_metrics
+
+    if template not in TEMPLATES:
+        raise PeftGpt2Error(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+    if not records:
+        raise PeftGpt2Error("no records to evaluate")
+    tmpl = TEMPLATES[template]
+    settings = settings or GenerationSettings(batch_size=batch_size)
+    settings = replace(settings, stop=settings.stop + [s for s in tmpl.stop if s not in settings.stop])
+    pairs = [tmpl.render(r) for r in records]
+    expected = [p["completion"] for p in pairs]
+
+    start = time.perf_counter()
+    generated = generate(model, tokenizer, [p["prompt"] for p in pairs], settings)
+    generation_time = time.perf_counter() - start
+    start = time.perf_counter()
+    loss = completion_loss(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
+    loss_time = time.perf_counter() - start
+
+    f1s = per_item_f1(generated, expected)
+    metrics = {
+        **text_metrics(generated, expected),
+        "perplexity": loss["perplexity"],
+        "token_accuracy": loss["token_accuracy"],
+        "loss": loss["loss"],
+        "completion_tokens": loss["tokens"],
+        "examples": len(records),
+        "generation_time_s": generation_time,
+        "loss_time_s": loss_time,
+        "mean_answer_words": sum(len(g.split()) for g in generated) / len(generated),
+        "truncated": loss["truncated"],
+        "dropped": loss["dropped"],
+    }
+    answers = [
+        {"instruction": r["instruction"], "input": r.get("input") or "", "expected": e, "generated": g, "f1": f}
+        for r, e, g, f in zip(records, expected, generated, f1s, strict=True)
+    ]
+    return {"metrics": metrics, "answers": answers}
+
+
+__all__ = ["TASK_FIELDS", "completion_loss", "evaluate_model", "load_eval_records"]
