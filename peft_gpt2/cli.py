@@ -9,6 +9,7 @@ fix (a ``PeftGpt2Error``) prints one message and exits 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from peft_gpt2.errors import PeftGpt2Error
@@ -33,6 +34,109 @@ def _train(args: argparse.Namespace) -> None:
     train(recipe, overwrite=args.overwrite)
 
 
+def _settings(args: argparse.Namespace):
+    from peft_gpt2.generation import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.temperature > 0,
+        temperature=args.temperature if args.temperature > 0 else 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from peft_gpt2.adapters import attach, base_of, folder_kind, read_provenance
+    from peft_gpt2.compare import write_jsonl
+    from peft_gpt2.evaluation import evaluate_model, load_eval_records
+
+    records, task = load_eval_records(args.data, args.task)  # bad data fails before any model loads
+    records = records[: args.limit] if args.limit else records
+    settings = _settings(args)
+    provenance = read_provenance(args.adapter) if args.adapter else {}
+    if args.adapter and folder_kind(args.adapter, allow_pickle=args.allow_pickle) == "model":
+        model_name, adapter = args.adapter, None  # a full fine-tune is a model folder
+    else:
+        model_name, adapter = args.model or (base_of(args.adapter) if args.adapter else None), args.adapter
+    if model_name is None:
+        raise PeftGpt2Error("eval needs --model, --adapter, or both")
+    _quiet_loading_bars()
+    from peft_gpt2.models import load_base
+
+    model, tokenizer = load_base(model_name)
+    if adapter:
+        model = attach(model, adapter, "adapter", force=args.force, allow_pickle=args.allow_pickle)
+    template = args.template or provenance.get("template", "alpaca")
+    result = evaluate_model(model, tokenizer, records, template=template, settings=settings)
+    label = Path(args.adapter).name if args.adapter else Path(model_name).name
+    answers = Path(args.out) / f"{label}.{Path(args.data).stem}.answers.jsonl"
+    write_jsonl(result["answers"], answers)
+    print(
+        json.dumps(
+            {
+                "model": model_name,
+                "adapter": adapter,
+                "data": args.data,
+                "task": task,
+                "answers": str(answers),
+                **result["metrics"],
+            },
+            indent=2,
+        )
+    )
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import platform
+    import shlex
+    import time
+    from pathlib import Path
+
+    from peft_gpt2.compare import compare
+    from peft_gpt2.reports import terminal_table, write_report
+
+    settings = _settings(args)
+    _quiet_loading_bars()
+    out = Path(args.out)
+    rows = compare(
+        args.runs,
+        data=args.data or None,
+        base=args.base,
+        task=args.task,
+        limit=args.limit,
+        settings=settings,
+        answers_dir=out / f"{args.name}.answers",
+    )
+    meta = {
+        "command": "peft-gpt2 " + shlex.join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "decoding": f"max_new_tokens={settings.max_new_tokens}, "
+        + (f"sampling T={settings.temperature}" if settings.do_sample else "greedy"),
+    }
+    paths = write_report(rows, out, args.name, meta=meta)
+    print(terminal_table(rows))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-gpt2", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_train)
+
+    p = commands.add_parser("eval", help="score one model (+ adapter) on a QA or instruction file")
+    p.add_argument("--model", help="base model (default: the adapter's recorded base)")
+    p.add_argument("--adapter", help="adapter folder, or a full fine-tune's model folder")
+    p.add_argument("--data", required=True, help='JSON/JSONL of {"question","answer"} or Alpaca records')
+    p.add_argument("--task", choices=["qa", "instructions"], help="detected from the records if omitted")
+    p.add_argument("--limit", type=int, help="first N records only")
+    p.add_argument("--template", help="prompt template (default: the adapter's, else alpaca)")
+    p.add_argument("--out", default="reports", help="folder for the answers file")
+    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    _add_generation_args(p)
+    p.set_defaults(run=_eval)
+
+    p = commands.add_parser("compare", help="base vs full vs LoRA runs: one table, Markdown/JSON/CSV and a chart")
+    p.add_argument("runs", nargs="+", help="adapter or full-model folders from peft-gpt2 train")
+    p.add_argument("--data", action="append", help="evaluation file (repeatable); 'test' = the runs' test split")
+    p.add_argument("--base", help="base model (default: the one the runs record)")
+    p.add_argument("--task", choices=["qa", "instructions"])
+    p.add_argument("--limit", type=int, help="first N records of each data set")
+    p.add_argument("--name", default="compare", help="report file name (reports/<name>.md, .json, .csv, .png)")
+    p.add_argument("--out", default="reports")
+    _add_generation_args(p)
+    p.set_defaults(run=_compare)
     return parser
 
 

@@ -231,6 +231,7 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
     splits: Splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
     template = TEMPLATES[d.template]
 
+    from peft_gpt2.evaluation import completion_loss
     from peft_gpt2.models import config_fingerprint, load_base, load_tokenizer
 
     tokenizer = load_tokenizer(recipe.model.name)
@@ -266,11 +267,20 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
         )
 
         # 3. Train, with validation loss before and after.
-        val_before = trainer.evaluate()["eval_loss"] if val_pairs else None
+        def validation_loss() -> float | None:
+            """Token-weighted completion NLL over the whole split (TRL's eval_loss is a mean of batch means)."""
+            if not val_pairs:
+                return None
+            batch = recipe.train.per_device_eval_batch_size
+            return completion_loss(trainer.model, tokenizer, val_pairs, batch_size=batch, max_length=d.max_length)[
+                "loss"
+            ]
+
+        val_before = validation_loss()
         start = time.perf_counter()
         result = trainer.train()
         train_time = time.perf_counter() - start
-        val_after = trainer.evaluate()["eval_loss"] if val_pairs else None
+        val_after = validation_loss()
         if val_pairs:
             print(f"validation loss: {val_before:.4f} -> {val_after:.4f}", flush=True)
 

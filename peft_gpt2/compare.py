@@ -1,0 +1,180 @@
+"""Compare a base model, full fine-tunes and LoRA adapters on the same held-out data, in one table.
+
+    peft-gpt2 compare adapters/alpaca-lora adapters/alpaca-full --data test --data data/sherlock_qa.json
+
+The base is loaded once; adapters are attached to it and swapped with ``set_adapter`` (the base row runs
+with adapters disabled), so every row sees the same base weights. Full fine-tunes are whole models and
+are loaded one at a time. Every row is scored by ``evaluate_model`` on the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft_gpt2.adapters import attach, disk_size_mb, folder_kind, read_provenance
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.evaluation import evaluate_model, load_eval_records
+from peft_gpt2.generation import GenerationSettings
+
+TEST_SPLIT = "test"  # --data value meaning "the held-out split saved with the runs"
+
+
+@dataclass
+class Run:
+    """One row of the comparison: the base, an adapter, or a full model folder."""
+
+    label: str
+    kind: str  # base | adapter | model
+    path: Path | None
+    provenance: dict
+
+    @property
+    def method(self) -> str:
+        return "base" if self.kind == "base" else self.provenance.get("method", self.kind)
+
+
+def plan_runs(paths: list[str], base: str | None = None) -> tuple[str, list[Run]]:
+    """Check every folder before loading anything, and agree on one base model."""
+    runs = []
+    for p in paths:
+        path = Path(p)
+        kind = folder_kind(path)
+        provenance = read_provenance(path)
+        runs.append(Run(provenance.get("name") or path.name, kind, path, provenance))
+    bases = {r.provenance.get("base_model") for r in runs if r.provenance.get("base_model")}
+    if base is None:
+        if len(bases) > 1:
+            raise PeftGpt2Error(f"the runs were trained on different bases {sorted(bases)}; compare them separately")
+        if not bases:
+            raise PeftGpt2Error("no base model recorded in the runs' peft_gpt2.json; pass --base")
+        base = bases.pop()
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels) or "base" in labels:
+        raise PeftGpt2Error(f"run names must be unique and not 'base': {labels}")
+    return base, [Run("base", "base", None, {}), *runs]
+
+
+def eval_sets(runs: list[Run], data: list[str], task: str | None, limit: int | None) -> list[tuple[str, list, str]]:
+    """``(name, records, task)`` per data set; ``test`` is the runs' shared held-out split."""
+    sets = []
+    for source in data:
+        if source == TEST_SPLIT:
+            splits = {r.path / "test.json" for r in runs if r.path and (r.path / "test.json").exists()}
+            if not splits:
+                raise PeftGpt2Error("--data test: none of the runs has a saved test.json; pass a data file")
+            contents = {s.read_text(encoding="utf-8") for s in splits}
+            if len(contents) > 1:
+                raise PeftGpt2Error(
+                    "the runs hold different test splits (other data, seed or split), so one run's test records "
+                    "may be another's training data; pass an evaluation file with --data"
+                )
+            records, kind = load_eval_records(str(sorted(splits)[0]), "instructions")
+            name = "test"
+        else:
+            records, kind = load_eval_records(source, task)
+            name = Path(source).stem
+        sets.append((name, records[:limit] if limit else records, kind))
+    return sets
+
+
+def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
+    p = run.provenance
+    return {
+        "model": run.label,
+        "method": run.method,
+        "dataset": dataset,
+        **{k: metrics[k] for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
+        "perplexity": metrics["perplexity"],
+        "token_accuracy": metrics["token_accuracy"],
+        "trainable_parameters": p.get("trainable_parameters"),
+        "adapter_size_mb": round(disk_size_mb(run.path), 2) if run.path else None,
+        "train_time_s": p.get("train_time_s"),
+        "peak_memory_mb": p.get("peak_memory_mb"),
+        "eval_time_s": round(eval_time, 2),
+        "examples": metrics["examples"],
+        "mean_answer_words": metrics["mean_answer_words"],
+    }
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    """Write atomically: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def compare(
+    paths: list[str],
+    *,
+    data: list[str] | None = None,
+    base: str | None = None,
+    task: str | None = None,
+    limit: int | None = None,
+    settings: GenerationSettings | None = None,
+    answers_dir: Path | None = None,
+) -> list[dict]:
+    """Evaluate the base and every run on every data set; one row per (model, data set).
+
+    Args:
+        paths (`list[str]`): adapter or full-model folders written by ``peft-gpt2 train``.
+        data (`list[str]`, *optional*, defaults to ``["test"]``): evaluation files; ``test`` is the runs'
+            shared held-out split.
+        base (`str`, *optional*): the base model; defaults to the one the runs record.
+        task (`str`, *optional*): ``qa`` or ``instructions`` for the data files (detected if unset).
+        limit (`int`, *optional*): evaluate the first N records of each set.
+        settings (`GenerationSettings`, *optional*): decoding settings (greedy by default).
+        answers_dir (`Path`, *optional*): where to write ``<model>.<dataset>.answers.jsonl``.
+    """
+    from peft_gpt2.models import load_base
+
+    base_name, runs = plan_runs(paths, base)
+    sets = eval_sets(runs, data or [TEST_SPLIT], task, limit)
+    templates = {r.provenance.get("template", "alpaca") for r in runs if r.kind != "base"}
+    if len(templates) > 1:
+        raise PeftGpt2Error(f"the runs were trained with different prompt templates {sorted(templates)}")
+    template = templates.pop() if templates else "alpaca"
+
+    def score(model, tokenizer, run: Run) -> list[dict]:
+        rows = []
+        for name, records, _ in sets:
+            start = time.perf_counter()
+            result = evaluate_model(model, tokenizer, records, template=template, settings=settings)
+            rows.append(_row(run, name, result["metrics"], time.perf_counter() - start))
+            if answers_dir is not None:
+                write_jsonl(result["answers"], answers_dir / f"{run.label}.{name}.answers.jsonl")
+            print(
+                f"{run.label:>24} {name:>16}: F1 {result['metrics']['f1']:.3f}  "
+                f"perplexity {result['metrics']['perplexity']:.2f}",
+                flush=True,
+            )
+        return rows
+
+    model, tokenizer = load_base(base_name)
+    adapters = [r for r in runs if r.kind == "adapter"]
+    for run in adapters:
+        model = attach(model, run.path, run.label)
+    rows = []
+    if adapters:
+        with model.disable_adapter():
+            rows += score(model, tokenizer, runs[0])
+        for run in adapters:
+            model.set_adapter(run.label)
+            rows += score(model, tokenizer, run)
+    else:
+        rows += score(model, tokenizer, runs[0])
+    del model
+    for run in runs:
+        if run.kind == "model":
+            full, full_tokenizer = load_base(str(run.path))
+            rows += score(full, full_tokenizer, run)
+            del full
+    order = {r.label: i for i, r in enumerate(runs)}
+    set_order = {name: i for i, (name, _, _) in enumerate(sets)}
+    return sorted(rows, key=lambda row: (set_order[row["dataset"]], order[row["model"]]))
