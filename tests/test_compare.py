@@ -43,12 +43,20 @@ def test_compare_loads_the_base_once_and_scores_every_row(runs, monkeypatch):
     calls = []
     real = models.load_base
     monkeypatch.setattr(models, "load_base", lambda name, **kw: calls.append(name) or real(name, **kw))
-    rows = compare([str(runs["lora"]), str(runs["full"])], data=["test", str(runs["root"] / "qa.json")],
-                   settings=FAST, answers_dir=runs["root"] / "answers")
+    rows = compare(
+        [str(runs["lora"]), str(runs["full"])],
+        data=["test", str(runs["root"] / "qa.json")],
+        settings=FAST,
+        answers_dir=runs["root"] / "answers",
+    )
     assert calls == ["tiny-gpt2", str(runs["full"])]  # base once; the full fine-tune is its own model
     assert [(r["model"], r["dataset"]) for r in rows] == [
-        ("base", "test"), ("toy-lora", "test"), ("toy-full", "test"),
-        ("base", "qa"), ("toy-lora", "qa"), ("toy-full", "qa"),
+        ("base", "test"),
+        ("toy-lora", "test"),
+        ("toy-full", "test"),
+        ("base", "qa"),
+        ("toy-lora", "qa"),
+        ("toy-full", "qa"),
     ]
     assert [r["method"] for r in rows[:3]] == ["base", "lora", "full"]
     for row in rows:
@@ -86,8 +94,19 @@ def test_different_test_splits_are_refused(runs, tmp_path):
 
 def test_eval_cli_prints_metrics_and_writes_answers(runs, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code = main(["eval", "--adapter", str(runs["lora"]), "--data", str(runs["root"] / "qa.json"),
-                 "--max-new-tokens", "4", "--limit", "3"])
+    code = main(
+        [
+            "eval",
+            "--adapter",
+            str(runs["lora"]),
+            "--data",
+            str(runs["root"] / "qa.json"),
+            "--max-new-tokens",
+            "4",
+            "--limit",
+            "3",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["task"] == "qa" and out["examples"] == 3 and out["model"] == "tiny-gpt2"

@@ -1,0 +1,153 @@
+"""Comparison reports: every format says the same thing, None stays visible, and nothing is half-written."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from peft_gpt2.reports import COLUMNS, markdown_table, terminal_table, write_report
+
+METRICS = ("f1", "precision", "recall", "exact_match", "bleu", "rouge_l", "perplexity", "token_accuracy")
+COSTS = ("trainable_parameters", "adapter_size_mb", "train_time_s", "peak_memory_mb", "eval_time_s")
+
+
+def row(model: str, method: str, dataset: str = "alpaca-test", **values) -> dict:
+    base = {
+        "model": model,
+        "method": method,
+        "dataset": dataset,
+        "f1": 2 / 3,
+        "precision": 0.38,
+        "recall": 0.52,
+        "exact_match": 0.1,
+        "bleu": 0.12,
+        "sentence_bleu": 0.15,
+        "rouge_l": 0.33,
+        "perplexity": 7.2,
+        "token_accuracy": 0.55,
+        "trainable_parameters": 921600,
+        "adapter_size_mb": 3.5,
+        "train_time_s": 164.8,
+        "peak_memory_mb": 2100.0,
+        "eval_time_s": 33.1,
+    }
+    return base | values
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    untrained = dict.fromkeys(("trainable_parameters", "adapter_size_mb", "train_time_s"))
+    return [
+        row("gpt2", "base", f1=0.2, perplexity=38.41, **untrained),
+        row("lora", "lora"),
+        row("gpt2", "base", "sherlock-qa", f1=0.1, **untrained),
+        row("lora", "lora", "sherlock-qa", f1=0.3),
+    ]
+
+
+@pytest.mark.parametrize("render", [markdown_table, terminal_table])
+def test_tables_show_every_header_and_formatted_values(render, rows):
+    text = render(rows)
+    for _, header, _ in COLUMNS:
+        assert header in text
+    assert "0.667" in text  # 2/3 at 3 decimals
+    assert "38.41" in text and "7.20" in text  # perplexity at 2 decimals
+    assert "921,600" in text  # thousands separator
+    assert "—" in text  # None, e.g. the base model's train time
+    assert "None" not in text
+
+
+def test_terminal_table_columns_line_up(rows):
+    lines = terminal_table(rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    f1_end = lines[0].index(" F1 ") + len(" F1")  # numbers are right-aligned under their header
+    assert [line[f1_end - 5 : f1_end + 1] for line in lines[2:]] == ["0.200 ", "0.667 ", "0.100 ", "0.300 "]
+
+
+def test_write_report_formats_round_trip(rows, tmp_path):
+    meta = {"command": "peft-gpt2 compare recipes/quickstart.yaml", "date": "2025-01-01", "machine": "1x H100"}
+    out = tmp_path / "new" / "dir"
+    paths = write_report(rows, out, "cmp", meta=meta)
+    assert set(paths) == {"md", "json", "csv", "png"}
+    assert all(path.parent == out and path.is_file() for path in paths.values())
+
+    assert json.loads(paths["json"].read_text()) == {"meta": meta, "rows": rows}
+
+    with paths["csv"].open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        read = list(reader)
+    assert set(reader.fieldnames) == set(rows[0])  # every key, including extras such as sentence_bleu
+    assert read == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+
+    md = paths["md"].read_text()
+    assert md.startswith("# ") and meta["command"] in md and meta["machine"] in md
+    assert md.count("| model |") == 2  # one table per dataset
+    assert "## alpaca-test" in md and "## sherlock-qa" in md
+    alpaca, sherlock = md.split("## sherlock-qa")
+    assert "sherlock-qa" not in alpaca.split("## alpaca-test")[1] and "alpaca-test" not in sherlock
+
+    png = paths["png"].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert sorted(p.name for p in out.iterdir()) == ["cmp.csv", "cmp.json", "cmp.md", "cmp.png"]  # no temp files
+
+
+def test_single_dataset_has_one_table_without_section(tmp_path):
+    paths = write_report([row("lora", "lora")], tmp_path, "one")
+    md = paths["md"].read_text()
+    assert md.count("| model |") == 1 and "## " in md  # titled by its dataset
+    assert json.loads(paths["json"].read_text())["meta"] == {}
+
+
+def test_all_none_metrics_do_not_crash(tmp_path):
+    empty = row("broken", "lora", **dict.fromkeys(METRICS + COSTS))
+    paths = write_report([empty], tmp_path, "empty")
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+    assert json.loads(paths["json"].read_text())["rows"] == [empty]
+    assert "—" in paths["md"].read_text() and "—" in terminal_table([empty])
+    with paths["csv"].open(newline="") as f:
+        assert next(csv.DictReader(f))["f1"] == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.csv", "empty.json", "empty.md", "empty.png"]
+
+
+def test_missing_keys_and_non_finite_values(tmp_path):
+    rows = [{"model": "gpt2", "f1": 0.5}, {"model": "lora", "perplexity": float("inf"), "bleu": None}]
+    paths = write_report(rows, tmp_path, "partial")
+    assert json.loads(paths["json"].read_text())["rows"][1]["perplexity"] is None  # strict JSON: no Infinity
+    assert "0.500" in terminal_table(rows)
+    assert paths["png"].stat().st_size > 1_000
+
+
+def test_rewrite_replaces_report_and_leaves_no_temp_files(rows, tmp_path):
+    write_report(rows, tmp_path, "cmp")
+    write_report(rows[:1], tmp_path, "cmp")
+    assert len(json.loads((tmp_path / "cmp.json").read_text())["rows"]) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_failed_render_leaves_previous_report_untouched(rows, tmp_path, monkeypatch):
+    write_report(rows, tmp_path, "cmp")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr("peft_gpt2.reports._chart", boom)
+    with pytest.raises(RuntimeError):
+        write_report(rows[:1], tmp_path, "cmp")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_crash_mid_write_keeps_old_file_and_removes_temp(rows, tmp_path, monkeypatch):
+    write_report(rows, tmp_path, "cmp")
+    before = (tmp_path / "cmp.md").read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("peft_gpt2.reports.os.replace", crash)
+    with pytest.raises(OSError):
+        write_report(rows[:1], tmp_path, "cmp")
+    assert (tmp_path / "cmp.md").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.csv", "cmp.json", "cmp.md", "cmp.png"]
