@@ -124,7 +124,8 @@ def resolve_model(name: str) -> str:
     Presets and ``.gguf`` files become cached safetensors folders (built on first use).
     """
     if name == "tiny-gpt2":
-        return str(_materialize(cache_dir() / "tiny-gpt2", _build_tiny_gpt2))
+        key = hashlib.sha256(json.dumps(TINY_GPT2, sort_keys=True).encode()).hexdigest()[:8]
+        return str(_materialize(cache_dir() / f"tiny-gpt2-{key}", _build_tiny_gpt2))  # rebuilt if the recipe changes
     if name == "smollm2-135m":
         gguf = smollm2_gguf()
         return str(_materialize(_gguf_folder(gguf), _build_from_gguf(gguf)))
