@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> None:
     _quiet_loading_bars()
     from peft_gpt2.train import train
 
-    train(recipe, overwrite=args.overwrite)
+    train(recipe, overwrite=args.overwrite, resume=args.resume)
 
 
 def _settings(args: argparse.Namespace):
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (train.save_steps)")
     p.set_defaults(run=_train)
 
     p = commands.add_parser("eval", help="score one model (+ adapter) on a QA or instruction file")

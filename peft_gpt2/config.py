@@ -109,6 +109,8 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     eval_steps: int | None = None  # evaluate on the validation split every N steps (None: at the end only)
     logging_steps: int = 10  # print the loss every N steps
+    save_steps: int | None = None  # checkpoint every N steps for --resume (None: no checkpoints)
+    save_total_limit: int = 2  # checkpoints kept on disk (oldest removed first)
     seed: int = 42
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, bf16 autocast on a CPU that has it) | fp32 | bf16 | fp16
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
@@ -128,6 +130,8 @@ class TrainSettings:
         ):
             _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         _check(self.eval_steps is None or self.eval_steps >= 1, "train.eval_steps", "must be >= 1 or null")
+        _check(self.save_steps is None or self.save_steps >= 1, "train.save_steps", "must be >= 1 or null")
+        _check(self.save_total_limit >= 1, "train.save_total_limit", "must be >= 1")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}")

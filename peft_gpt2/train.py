@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 import resource
 import shutil
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
 
 from peft_gpt2.config import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.data import Splits, prepare_splits, save_records
@@ -120,7 +123,10 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
         use_cpu=not torch.cuda.is_available(),
         max_length=recipe.data.max_length,
         completion_only_loss=True,
-        save_strategy="no",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        logging_nan_inf_filter=False,  # the default hides nan/inf losses from the log; we stop on them
         report_to="none",
     )
 
@@ -217,15 +223,62 @@ def check_output(recipe: Recipe, overwrite: bool) -> Path:
     return out
 
 
-def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
+def checkpoint_dir(recipe: Recipe) -> Path:
+    """Where an unfinished run keeps its checkpoints: hidden, next to the output, never mistaken for it."""
+    return Path(recipe.output_dir) / f".{recipe.name}.checkpoints"
+
+
+def check_checkpoints(recipe: Recipe, resume: bool, overwrite: bool) -> Path | None:
+    """``--resume`` needs checkpoints of the same recipe; a fresh run must not silently discard them."""
+    ckpt = checkpoint_dir(recipe)
+    found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if resume:
+        if not found:
+            raise PeftGpt2Error(f"--resume: no checkpoint in {ckpt}; set train.save_steps to write checkpoints")
+        saved = (ckpt / "recipe.yaml").read_text(encoding="utf-8") if (ckpt / "recipe.yaml").exists() else None
+        if saved is not None and saved != dump_recipe(recipe):
+            raise PeftGpt2Error(
+                f"--resume: the recipe differs from the one in {ckpt}/recipe.yaml; resume with that one"
+            )
+        return found[-1]
+    if found and not overwrite:
+        raise PeftGpt2Error(
+            f"{ckpt} holds checkpoints of an unfinished run ({found[-1].name}); pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop at the first logged nan/inf loss or gradient norm, naming the step and what to change."""
+
+    def __init__(self, precision: str, checkpoints: Path) -> None:
+        self.precision, self.checkpoints = precision, checkpoints
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                last = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+                hint = "lower train.learning_rate" + (" or use precision bf16/fp32" if self.precision == "fp16" else "")
+                kept = f"; last good checkpoint: {last[-1]} (--resume)" if last else ""
+                raise PeftGpt2Error(f"training {key} became {value} at step {state.global_step}: {hint}{kept}")
+
+
+def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainRun:
     """Run a recipe end to end: the adapter (or full model) lands in ``<output_dir>/<name>/``.
 
     Args:
         recipe (`Recipe`): a validated recipe (``peft_gpt2.config.load_recipe``).
-        overwrite (`bool`, *optional*, defaults to `False`): replace an existing output folder.
+        overwrite (`bool`, *optional*, defaults to `False`): replace an existing output folder (and the
+            checkpoints of an unfinished run).
+        resume (`bool`, *optional*, defaults to `False`): continue from the last checkpoint of this recipe.
     """
     # 1. Everything a user can get wrong, before any model is loaded.
     out = check_output(recipe, overwrite)
+    resume_from = check_checkpoints(recipe, resume, overwrite)
+    ckpt = checkpoint_dir(recipe)
     precision = resolve_precision(recipe.train.precision)
     d = recipe.data
     splits: Splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
@@ -258,7 +311,11 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
 
     work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=_mkdir(out.parent)))
     try:
-        trainer = make_trainer(recipe, model, tokenizer, train_pairs, val_pairs, work / "checkpoints", precision)
+        trainer = make_trainer(recipe, model, tokenizer, train_pairs, val_pairs, ckpt, precision)
+        trainer.add_callback(StopOnNonFinite(precision, ckpt))
+        if recipe.train.save_steps:
+            _mkdir(ckpt)
+            (ckpt / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         trainable, total = count_parameters(trainer.model)
         print(
             f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
@@ -278,7 +335,9 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
 
         val_before = validation_loss()
         start = time.perf_counter()
-        result = trainer.train()
+        if resume_from:
+            print(f"resuming from {resume_from}", flush=True)
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - start
         val_after = validation_loss()
         if val_pairs:
@@ -317,6 +376,7 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> TrainRun:
         }
         (stage / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
         _replace(stage, out)
+        shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its checkpoints are not needed
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
