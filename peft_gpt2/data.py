@@ -44,7 +44,9 @@ def _parse_json(text: str, source: str) -> list:
     if stripped[0] == "[" or source.endswith(".json"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (RecursionError, ValueError) as err:  # nesting too deep; an integer past Python's digit limit
+            if not isinstance(err, json.JSONDecodeError):
+                raise PeftGpt2Error(f"{source}: unreadable JSON ({type(err).__name__}: {err})") from None
             raise PeftGpt2Error(
                 f"{source}: line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})"
             ) from None
@@ -59,8 +61,9 @@ def _parse_json(text: str, source: str) -> list:
         if line.strip():
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise PeftGpt2Error(f"{source}: line {lineno}: malformed JSON Lines record ({err.msg})") from None
+            except (RecursionError, ValueError) as err:
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else f"{type(err).__name__}: {err}"
+                raise PeftGpt2Error(f"{source}: line {lineno}: malformed JSON Lines record ({reason})") from None
     return records
 
 
