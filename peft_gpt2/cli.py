@@ -126,6 +126,44 @@ def _compare(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def named_adapters(specs: list[str]) -> dict[str, str]:
+    """``--adapter NAME=DIR`` (or just ``DIR``, named after the folder) -> ``{name: dir}``."""
+    from pathlib import Path
+
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name.replace(".", "-"), spec
+        if name in adapters:
+            raise PeftGpt2Error(f"adapter name {name!r} given twice")
+        adapters[name] = path
+    return adapters
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from peft_gpt2.chat import chat_main
+
+    adapters = named_adapters(args.adapter)
+    _quiet_loading_bars()
+    chat_main(args.model, adapters, _settings(args), args.template, force=args.force, allow_pickle=args.allow_pickle)
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from peft_gpt2.adapters import merge_adapter
+
+    _quiet_loading_bars()
+    out = merge_adapter(
+        args.adapter,
+        args.out,
+        base=args.model,
+        overwrite=args.overwrite,
+        force=args.force,
+        allow_pickle=args.allow_pickle,
+    )
+    print(f"saved merged model to {out}")
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -177,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports")
     _add_generation_args(p)
     p.set_defaults(run=_compare)
+
+    p = commands.add_parser("chat", help="talk to a base model and its adapters; /adapter NAME switches")
+    p.add_argument("--model", help="base model (default: the first adapter's recorded base)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to load (repeatable)")
+    p.add_argument("--template", help="prompt template (default: each adapter's own)")
+    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    _add_generation_args(p)
+    p.set_defaults(run=_chat)
+
+    p = commands.add_parser("merge", help="merge an adapter into its base: a standalone model folder")
+    p.add_argument("--adapter", required=True, help="adapter folder")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--model", help="base model (default: the adapter's recorded base)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    p.set_defaults(run=_merge)
     return parser
 
 
