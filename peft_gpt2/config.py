@@ -43,19 +43,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = ""  # Alpaca-style JSON/JSONL file, http(s) URL, or Hugging Face datasets name
+    path: str = ""  # instructions: Alpaca JSON/JSONL, URL or HF data set; text: .txt file, folder or URL
+    format: str = "instructions"  # instructions (loss on the answer) | text (a raw corpus, loss on every token)
     template: str = "alpaca"  # prompt template (peft_gpt2.prompts.TEMPLATES)
     limit: int | None = None  # keep this many records after cleaning (random, seeded)
     fraction: float | None = None  # or keep this fraction of them
     seed: int = 42  # drives subsampling and the train/validation/test split
     split: list[float] = field(default_factory=lambda: [0.85, 0.10, 0.05])  # train / validation / test
-    max_length: int = 512  # tokens per example, prompt + completion + eos
+    max_length: int = 512  # tokens per example, prompt + completion + eos; for text, the block size
     overlong: str = "truncate"  # examples longer than max_length: truncate (keep the start) or drop
 
     def __post_init__(self) -> None:
         from peft_gpt2.prompts import TEMPLATES
 
         _check(bool(self.path.strip()), "data.path", "is required: a JSON/JSONL file, URL or dataset name")
+        _check(self.format in ("instructions", "text"), "data.format", "must be 'instructions' or 'text'")
         _check(self.template in TEMPLATES, "data.template", f"must be one of {sorted(TEMPLATES)}")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1, got {self.limit}")
         _check(self.fraction is None or 0 < self.fraction <= 1, "data.fraction", "must be in (0, 1]")

@@ -116,9 +116,6 @@ def completion_loss(
     Raises:
         `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
     """
-    import torch
-    import torch.nn.functional as F
-
     from peft_gpt2.train import tokenized_pairs
 
     if not pairs:
@@ -133,9 +130,32 @@ def completion_loss(
     prompt_ids = tokenizer([p["prompt"] for p in kept], add_special_tokens=False)["input_ids"]
     full_ids = tokenizer([p["prompt"] + p["completion"] for p in kept], add_special_tokens=False)["input_ids"]
     rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in full_ids]
-    starts = [len(p) for p in prompt_ids]  # the first label position of each row
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = token_loss(model, rows, [len(p) for p in prompt_ids], pad_token_id=pad, batch_size=batch_size)
+    return {**result, "truncated": stats["eval_overlong_truncated"], "dropped": stats["eval_overlong_dropped"]}
+
+
+def token_loss(
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    starts: list[int],
+    *,
+    pad_token_id: int,
+    batch_size: int = 16,
+) -> dict:
+    """Summed next-token NLL and argmax hits over the labelled positions of token rows.
+
+    Row ``i`` is scored from its token ``starts[i]`` on (0 for plain text: every token after the first; the
+    prompt length for a prompt+completion row). Padding is masked by position, never by token id.
+
+    Returns:
+        `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
+        ``token_accuracy``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     nll, tokens, correct = 0.0, 0, 0
     was_training = model.training
     model.eval()  # dropout off: the same model must score the same
@@ -143,7 +163,7 @@ def completion_loss(
         for begin in range(0, len(order), batch_size):
             idx = order[begin : begin + batch_size]
             width = len(rows[idx[0]])
-            ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx], device=model.device)
+            ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
             mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
             labels = ids.masked_fill(mask == 0, -100)
             for row, i in enumerate(idx):
@@ -159,6 +179,8 @@ def completion_loss(
             tokens += int(keep.sum())
     finally:
         model.train(was_training)
+    if tokens == 0:
+        raise PeftGpt2Error("no labelled tokens to score")
     loss = nll / tokens
     return {
         "nll_sum": nll,
@@ -167,8 +189,6 @@ def completion_loss(
         "loss": loss,
         "perplexity": math.exp(loss) if loss < 700 else math.inf,
         "token_accuracy": correct / tokens,
-        "truncated": stats["eval_overlong_truncated"],
-        "dropped": stats["eval_overlong_dropped"],
     }
 
 
@@ -242,4 +262,4 @@ def evaluate_model(
     return {"metrics": metrics, "answers": answers}
 
 
-__all__ = ["TASK_FIELDS", "completion_loss", "evaluate_model", "load_eval_records"]
+__all__ = ["TASK_FIELDS", "completion_loss", "evaluate_model", "load_eval_records", "token_loss"]

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -122,7 +123,7 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         max_length=recipe.data.max_length,
-        completion_only_loss=True,
+        completion_only_loss=recipe.data.format == "instructions",
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
@@ -187,22 +188,89 @@ def make_trainer(
     recipe: Recipe,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    train_pairs: list[dict],
-    val_pairs: list[dict],
+    train_rows: list[dict],
+    val_rows: list[dict],
     output_dir: Path,
     precision: str,
 ):
-    """TRL's ``SFTTrainer`` on ``{"prompt", "completion"}`` pairs: loss on the completion and its eos only."""
+    """TRL's ``SFTTrainer``: on ``{"prompt", "completion"}`` pairs the loss is on the completion and its eos
+    only; on ``{"input_ids"}`` blocks (a text corpus) it is on every token."""
     import datasets
     from trl import SFTTrainer
 
     return SFTTrainer(
         model=model,
         args=sft_config(recipe, output_dir, precision),
-        train_dataset=datasets.Dataset.from_list(train_pairs),
-        eval_dataset=datasets.Dataset.from_list(val_pairs) if val_pairs else None,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
         processing_class=tokenizer,
         peft_config=lora_config(recipe, model) if recipe.method != "full" else None,
+    )
+
+
+@dataclass
+class TrainingData:
+    """Rows for the trainer, how to score the validation split, and the held-out test records."""
+
+    train: list[dict]
+    validation: list[dict]
+    validation_loss: Callable[[PreTrainedModel, int], dict] | None
+    test: list[dict]
+    stats: dict
+
+
+def training_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
+    """Load, clean, split and check the recipe's data; needs only the tokenizer, never the model.
+
+    Instructions become ``{"prompt", "completion"}`` pairs (loss on the completion and its eos); a text corpus
+    becomes eos-separated blocks of ``data.max_length`` tokens (loss on every token), with validation text
+    taken from the end of each document rather than from random blocks.
+    """
+    from peft_gpt2.evaluation import completion_loss, token_loss
+
+    d = recipe.data
+    if d.format == "text":
+        from peft_gpt2.corpus import corpus_blocks, load_corpus, split_by_position
+
+        train_docs, val_docs = split_by_position(load_corpus(d.path), d.split[1])
+        train_blocks, train_stats = corpus_blocks(train_docs, tokenizer, d.max_length)
+        val_blocks, val_stats = corpus_blocks(val_docs, tokenizer, d.max_length) if val_docs else ([], {})
+        if not train_blocks:
+            raise PeftGpt2Error(f"{d.path}: fewer than data.max_length={d.max_length} tokens of training text")
+        stats = {
+            "documents": len(train_docs),
+            **{f"train_{k}": v for k, v in train_stats.items()},
+            **{f"validation_{k}": v for k, v in val_stats.items()},
+        }
+
+        def score_blocks(model: PreTrainedModel, batch_size: int) -> dict:
+            pad = tokenizer.pad_token_id
+            return token_loss(model, val_blocks, [0] * len(val_blocks), pad_token_id=pad, batch_size=batch_size)
+
+        return TrainingData(
+            [{"input_ids": b} for b in train_blocks],
+            [{"input_ids": b} for b in val_blocks],
+            score_blocks if val_blocks else None,
+            [],
+            stats,
+        )
+
+    splits: Splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
+    template = TEMPLATES[d.template]
+    train_pairs, stats = tokenized_pairs(
+        [template.render(r) for r in splits.train], tokenizer, d.max_length, d.overlong, "train"
+    )
+    val_pairs, val_stats = tokenized_pairs(
+        [template.render(r) for r in splits.validation], tokenizer, d.max_length, d.overlong, "validation"
+    )
+    if not train_pairs:
+        raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
+
+    def score_pairs(model: PreTrainedModel, batch_size: int) -> dict:
+        return completion_loss(model, tokenizer, val_pairs, batch_size=batch_size, max_length=d.max_length)
+
+    return TrainingData(
+        train_pairs, val_pairs, score_pairs if val_pairs else None, splits.test, {**splits.stats, **stats, **val_stats}
     )
 
 
@@ -280,24 +348,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     resume_from = check_checkpoints(recipe, resume, overwrite)
     ckpt = checkpoint_dir(recipe)
     precision = resolve_precision(recipe.train.precision)
-    d = recipe.data
-    splits: Splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
-    template = TEMPLATES[d.template]
-
-    from peft_gpt2.evaluation import completion_loss
     from peft_gpt2.models import config_fingerprint, load_base, load_tokenizer
 
     tokenizer = load_tokenizer(recipe.model.name)
-    train_pairs, stats = tokenized_pairs(
-        [template.render(r) for r in splits.train], tokenizer, d.max_length, d.overlong, "train"
-    )
-    val_pairs, val_stats = tokenized_pairs(
-        [template.render(r) for r in splits.validation], tokenizer, d.max_length, d.overlong, "validation"
-    )
-    stats = {**splits.stats, **stats, **val_stats}
-    if not train_pairs:
-        raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
-    print(f"data: {json.dumps(stats)}", flush=True)
+    data = training_data(recipe, tokenizer)
+    print(f"data: {json.dumps(data.stats)}", flush=True)
 
     # 2. Model and trainer.
     model, tokenizer = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
@@ -311,7 +366,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
 
     work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=_mkdir(out.parent)))
     try:
-        trainer = make_trainer(recipe, model, tokenizer, train_pairs, val_pairs, ckpt, precision)
+        trainer = make_trainer(recipe, model, tokenizer, data.train, data.validation, ckpt, precision)
         trainer.add_callback(StopOnNonFinite(precision, ckpt))
         if recipe.train.save_steps:
             _mkdir(ckpt)
@@ -323,15 +378,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             flush=True,
         )
 
-        # 3. Train, with validation loss before and after.
+        # 3. Train, with validation loss before and after (token-weighted over the whole split; TRL's
+        #    eval_loss is a mean of per-batch means).
         def validation_loss() -> float | None:
-            """Token-weighted completion NLL over the whole split (TRL's eval_loss is a mean of batch means)."""
-            if not val_pairs:
+            if data.validation_loss is None:
                 return None
-            batch = recipe.train.per_device_eval_batch_size
-            return completion_loss(trainer.model, tokenizer, val_pairs, batch_size=batch, max_length=d.max_length)[
-                "loss"
-            ]
+            return data.validation_loss(trainer.model, recipe.train.per_device_eval_batch_size)["loss"]
 
         val_before = validation_loss()
         start = time.perf_counter()
@@ -340,7 +392,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - start
         val_after = validation_loss()
-        if val_pairs:
+        if val_before is not None:
             print(f"validation loss: {val_before:.4f} -> {val_after:.4f}", flush=True)
 
         # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename.
@@ -349,7 +401,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
         tokenizer.save_pretrained(stage)
         (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-        save_records(splits.test, stage / "test.json")
+        if data.test:
+            save_records(data.test, stage / "test.json")
         (stage / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         provenance = {
             "name": recipe.name,
@@ -358,7 +411,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             "base_model_path": model.config._name_or_path or recipe.model.name,
             "base_config_fingerprint": config_fingerprint(model.config),
             "model_type": model.config.model_type,
-            "template": d.template,
+            "template": recipe.data.template,
+            "data_format": recipe.data.format,
             "trainable_parameters": trainable,
             "total_parameters": total,
             "precision": precision,
@@ -369,7 +423,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             "validation_loss_after": val_after,
             "peak_memory_mb": round(_peak_memory_mb(), 1),
             "device": str(trainer.args.device),
-            "data": stats,
+            "data": data.stats,
             "recipe": recipe_dict(recipe),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -204,3 +204,26 @@ def test_existing_output_is_refused(tmp_path, tiny_path):
     with pytest.raises(PeftGpt2Error, match="already exists.*--overwrite"):
         train(recipe)
     assert (tmp_path / "adapters" / "toy" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_text_corpus_trains_on_every_token_and_validates_by_position(tmp_path, tiny_path):
+    book = "\n\n".join(f"Holmes looked at clue number {i}. Watson wrote it down in his notebook." for i in range(120))
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text(book)
+    (tmp_path / "books" / "b.txt").write_text(book.replace("Holmes", "Lestrade"))
+    recipe = make_recipe(
+        tmp_path,
+        tiny_path,
+        "data.format=text",
+        f"data.path={tmp_path / 'books'}",
+        "data.max_length=32",
+        "data.split=[0.9, 0.1, 0.0]",
+        "train.max_steps=20",
+    )
+    run = train(recipe)
+    p = run.provenance
+    assert p["data_format"] == "text" and p["data"]["documents"] == 2
+    assert p["data"]["train_blocks"] > 20 and p["data"]["validation_blocks"] >= 2
+    assert p["validation_loss_after"] < p["validation_loss_before"] - 1.0, p
+    assert not (run.path / "test.json").exists()
