@@ -164,6 +164,14 @@ def _merge(args: argparse.Namespace) -> None:
     print(f"saved merged model to {out}")
 
 
+def _pipeline(args: argparse.Namespace) -> None:
+    from peft_gpt2.pipeline import load_pipeline, run_pipeline
+
+    load_pipeline(args.pipeline)  # every stage checked before the heavy imports
+    _quiet_loading_bars()
+    run_pipeline(args.pipeline, rerun=args.rerun)
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -233,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
     p.set_defaults(run=_merge)
+
+    p = commands.add_parser("pipeline", help="run train/merge/compare stages from one YAML; finished stages skip")
+    p.add_argument("pipeline", help="pipeline YAML, e.g. recipes/sherlock_pipeline.yaml")
+    p.add_argument("--rerun", action="append", default=[], metavar="STAGE", help="run a finished stage again ('all')")
+    p.set_defaults(run=_pipeline)
     return parser
 
 

@@ -32,6 +32,7 @@ class Run:
     kind: str  # base | adapter | model
     path: Path | None
     provenance: dict
+    base: str | None = None  # the model an adapter attaches to
 
     @property
     def method(self) -> str:
@@ -39,24 +40,27 @@ class Run:
 
 
 def plan_runs(paths: list[str], base: str | None = None) -> tuple[str, list[Run]]:
-    """Check every folder before loading anything, and agree on one base model."""
+    """Check every folder before loading anything; the base row is ``base`` or the first run's base.
+
+    Adapters trained on other bases (e.g. an instruction adapter over a merged domain model) are scored on
+    their own base, which is loaded once for all the adapters that share it.
+    """
     runs = []
     for p in paths:
         path = Path(p)
         kind = folder_kind(path)
         provenance = read_provenance(path)
-        runs.append(Run(provenance.get("name") or path.name, kind, path, provenance))
-    bases = {r.provenance.get("base_model") for r in runs if r.provenance.get("base_model")}
+        run_base = provenance.get("base_model") or base
+        if kind == "adapter" and not run_base:
+            raise PeftGpt2Error(f"{path}: no base model recorded in peft_gpt2.json; pass --base")
+        runs.append(Run(provenance.get("name") or path.name, kind, path, provenance, run_base))
+    base = base or next((r.base for r in runs if r.base), None)
     if base is None:
-        if len(bases) > 1:
-            raise PeftGpt2Error(f"the runs were trained on different bases {sorted(bases)}; compare them separately")
-        if not bases:
-            raise PeftGpt2Error("no base model recorded in the runs' peft_gpt2.json; pass --base")
-        base = bases.pop()
+        raise PeftGpt2Error("no base model recorded in the runs' peft_gpt2.json; pass --base")
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels) or "base" in labels:
         raise PeftGpt2Error(f"run names must be unique and not 'base': {labels}")
-    return base, [Run("base", "base", None, {}), *runs]
+    return base, [Run("base", "base", None, {}, base), *runs]
 
 
 def eval_sets(runs: list[Run], data: list[str], task: str | None, limit: int | None) -> list[tuple[str, list, str]]:
@@ -87,6 +91,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
     return {
         "model": run.label,
         "method": run.method,
+        "base": run.base if run.kind != "model" else None,
         "dataset": dataset,
         **{k: metrics[k] for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
         "perplexity": metrics["perplexity"],
@@ -156,20 +161,23 @@ def compare(
             )
         return rows
 
-    model, tokenizer = load_base(base_name)
-    adapters = [r for r in runs if r.kind == "adapter"]
-    for run in adapters:
-        model = attach(model, run.path, run.label)
     rows = []
-    if adapters:
-        with model.disable_adapter():
-            rows += score(model, tokenizer, runs[0])
+    bases = [base_name] + sorted({r.base for r in runs if r.kind == "adapter"} - {base_name})
+    for name in bases:  # one load per base; its adapters are swapped in, the primary base also scores bare
+        model, tokenizer = load_base(name)
+        adapters = [r for r in runs if r.kind == "adapter" and r.base == name]
+        for run in adapters:
+            model = attach(model, run.path, run.label)
+        if name == base_name:
+            if adapters:
+                with model.disable_adapter():
+                    rows += score(model, tokenizer, runs[0])
+            else:
+                rows += score(model, tokenizer, runs[0])
         for run in adapters:
             model.set_adapter(run.label)
             rows += score(model, tokenizer, run)
-    else:
-        rows += score(model, tokenizer, runs[0])
-    del model
+        del model
     for run in runs:
         if run.kind == "model":
             full, full_tokenizer = load_base(str(run.path))

@@ -1,0 +1,133 @@
+"""Run a multi-stage path from one YAML file: train, merge, compare; finished stages are skipped.
+
+    peft-gpt2 pipeline recipes/sherlock_pipeline.yaml [--rerun STAGE ...]
+
+A stage is done when its output exists (an adapter folder with ``peft_gpt2.json``, a merged model folder,
+a report), so a pipeline that stopped half-way continues where it stopped. Every stage is checked before
+the first one runs, so a typo in the last stage fails in a second, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from peft_gpt2.config import Recipe, load_recipe
+from peft_gpt2.errors import PeftGpt2Error
+
+KINDS = {
+    "train": {"train", "set"},
+    "merge": {"adapter", "out", "model"},
+    "compare": {"runs", "data", "name", "limit", "max_new_tokens", "base"},
+}
+
+
+@dataclass
+class Stage:
+    """One step: ``train`` a recipe, ``merge`` an adapter into its base, or ``compare`` runs."""
+
+    name: str
+    kind: str
+    spec: dict
+    recipe: Recipe | None = field(default=None, repr=False)
+
+    @property
+    def output(self) -> Path:
+        if self.kind == "train":
+            return self.recipe.out_path / "peft_gpt2.json"
+        if self.kind == "merge":
+            return Path(self.spec["out"]) / "config.json"
+        return Path("reports") / f"{self.spec['name']}.json"
+
+
+def load_pipeline(path: str | Path) -> list[Stage]:
+    """Read and check every stage (recipes included) before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise PeftGpt2Error(f"pipeline {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise PeftGpt2Error(f"pipeline {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict) or set(data) != {"stages"} or not isinstance(data["stages"], list):
+        raise PeftGpt2Error(f"{path}: expected one key, stages: a list of {{name, train|merge|compare, ...}}")
+    stages = []
+    for i, raw in enumerate(data["stages"]):
+        where = f"{path}: stage {i}"
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise PeftGpt2Error(f"{where}: each stage is a mapping with a name")
+        kinds = [k for k in KINDS if k in raw]
+        if len(kinds) != 1:
+            raise PeftGpt2Error(f"{where} ({raw['name']}): needs exactly one of train, merge, compare")
+        kind = kinds[0]
+        spec = {k: v for k, v in raw.items() if k != "name"}
+        unknown = set(spec) - KINDS[kind] - {kind}
+        if unknown:
+            raise PeftGpt2Error(f"{where} ({raw['name']}): unknown keys {sorted(unknown)} for a {kind} stage")
+        if kind == "merge":
+            spec = {"adapter": raw["merge"]["adapter"], "out": raw["merge"]["out"], "model": raw["merge"].get("model")}
+        if kind == "compare":
+            spec = {"name": raw["name"], **raw["compare"]}
+            if not spec.get("runs"):
+                raise PeftGpt2Error(f"{where} ({raw['name']}): compare needs runs")
+        stage = Stage(raw["name"], kind, spec)
+        if kind == "train":
+            stage.recipe = load_recipe(raw["train"], list(raw.get("set") or []))
+        stages.append(stage)
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise PeftGpt2Error(f"{path}: stage names must be unique: {names}")
+    return stages
+
+
+def run_pipeline(path: str | Path, *, rerun: list[str] | tuple[str, ...] = ()) -> list[Stage]:
+    """Run the stages in order; a stage whose output exists is skipped unless named in ``rerun`` (or "all")."""
+    stages = load_pipeline(path)
+    unknown = set(rerun) - {s.name for s in stages} - {"all"}
+    if unknown:
+        raise PeftGpt2Error(f"--rerun: no stage named {sorted(unknown)}; stages: {[s.name for s in stages]}")
+    for stage in stages:
+        again = "all" in rerun or stage.name in rerun
+        if stage.output.exists() and not again:
+            print(f"[{stage.name}] done already ({stage.output}); --rerun {stage.name} to run it again", flush=True)
+            continue
+        print(f"[{stage.name}] {stage.kind} ...", flush=True)
+        if stage.kind == "train":
+            from peft_gpt2.train import train
+
+            train(stage.recipe, overwrite=again)
+        elif stage.kind == "merge":
+            from peft_gpt2.adapters import merge_adapter
+
+            merge_adapter(stage.spec["adapter"], stage.spec["out"], base=stage.spec["model"], overwrite=True)
+        else:
+            _compare(stage.spec)
+    return stages
+
+
+def _compare(spec: dict) -> None:
+    import time
+
+    from peft_gpt2.compare import compare
+    from peft_gpt2.generation import GenerationSettings
+    from peft_gpt2.reports import terminal_table, write_report
+
+    settings = GenerationSettings(max_new_tokens=spec.get("max_new_tokens", 64))
+    out = Path("reports")
+    rows = compare(
+        list(spec["runs"]),
+        data=list(spec.get("data") or []) or None,
+        base=spec.get("base"),
+        limit=spec.get("limit"),
+        settings=settings,
+        answers_dir=out / f"{spec['name']}.answers",
+    )
+    meta = {
+        "pipeline stage": spec["name"],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}",
+    }
+    write_report(rows, out, spec["name"], meta=meta)
+    print(terminal_table(rows))

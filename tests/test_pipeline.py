@@ -1,0 +1,113 @@
+"""The domain path: corpus adapter -> merged base -> instruction adapter -> one comparison; resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from peft_gpt2.cli import main
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.pipeline import load_pipeline, run_pipeline
+
+
+def write(tmp_path, tiny_path):
+    book = "\n\n".join(
+        f"Holmes examined the {w} with his lens and said nothing to Watson." for w in ["pipe", "hat"] * 60
+    )
+    (tmp_path / "book.txt").write_text(book)
+    records = [{"instruction": "Who examined it?", "input": f"clue {w}", "output": "Holmes"} for w in range(40)]
+    (tmp_path / "instr.json").write_text(json.dumps(records))
+    (tmp_path / "qa.json").write_text(json.dumps([{"question": "Who used a lens?", "answer": "Holmes"}] * 3))
+    common = {
+        "output_dir": str(tmp_path / "adapters"),
+        "lora": {"r": 4},
+        "train": {"max_steps": 3, "precision": "fp32", "per_device_train_batch_size": 4},
+    }
+    recipes = {
+        "lm": {
+            "name": "lm",
+            "model": {"name": tiny_path},
+            **common,
+            "data": {"path": str(tmp_path / "book.txt"), "format": "text", "max_length": 32, "split": [0.9, 0.1, 0.0]},
+        },
+        "instruct": {
+            "name": "instruct",
+            "model": {"name": str(tmp_path / "merged")},
+            **common,
+            "data": {"path": str(tmp_path / "instr.json"), "max_length": 64},
+        },
+    }
+    for name, recipe in recipes.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+    pipeline = {
+        "stages": [
+            {"name": "domain", "train": str(tmp_path / "lm.yaml")},
+            {"name": "merge", "merge": {"adapter": str(tmp_path / "adapters" / "lm"), "out": str(tmp_path / "merged")}},
+            {"name": "instruct", "train": str(tmp_path / "instruct.yaml")},
+            {
+                "name": "cmp",
+                "compare": {
+                    "runs": [str(tmp_path / "adapters" / "lm"), str(tmp_path / "adapters" / "instruct")],
+                    "data": [str(tmp_path / "qa.json")],
+                    "max_new_tokens": 4,
+                },
+            },
+        ]
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return tmp_path / "pipeline.yaml"
+
+
+@pytest.mark.slow
+def test_pipeline_runs_stages_then_skips_them(tmp_path, tiny_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, tiny_path)
+    run_pipeline(path)
+    instruct = json.loads((tmp_path / "adapters" / "instruct" / "peft_gpt2.json").read_text())
+    assert instruct["base_model"] == str(tmp_path / "merged")  # stage 2 loaded stage 1's merged output
+    assert json.loads((tmp_path / "merged" / "peft_gpt2.json").read_text())["method"] == "lora-merged"
+    rows = json.loads((tmp_path / "reports" / "cmp.json").read_text())["rows"]
+    assert [(r["model"], r["base"]) for r in rows] == [
+        ("base", tiny_path),
+        ("lm", tiny_path),
+        ("instruct", str(tmp_path / "merged")),
+    ]
+    stamp = (tmp_path / "adapters" / "instruct" / "peft_gpt2.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["pipeline", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done already") == 4
+    assert (tmp_path / "adapters" / "instruct" / "peft_gpt2.json").stat().st_mtime_ns == stamp
+
+
+def test_every_stage_is_checked_before_any_runs(tmp_path, tiny_path):
+    path = write(tmp_path, tiny_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][2]["set"] = ["train.max_step=3"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(PeftGpt2Error, match="did you mean train.max_steps"):
+        run_pipeline(path)
+    assert not (tmp_path / "adapters").exists()
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([{"name": "a"}], "exactly one of train, merge, compare"),
+        ([{"name": "a", "compare": {"runs": []}}], "compare needs runs"),
+        ([{"name": "a", "merge": {"adapter": "x", "out": "y"}, "extra": 1}], "unknown keys"),
+        (
+            [
+                {"name": "a", "merge": {"adapter": "x", "out": "y"}},
+                {"name": "a", "merge": {"adapter": "x", "out": "z"}},
+            ],
+            "unique",
+        ),
+    ],
+)
+def test_bad_pipelines(tmp_path, stages, message):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    with pytest.raises(PeftGpt2Error, match=message):
+        load_pipeline(tmp_path / "p.yaml")
