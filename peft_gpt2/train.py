@@ -393,7 +393,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         train_time = time.perf_counter() - start
         val_after = validation_loss()
         if val_before is not None:
-            print(f"validation loss: {val_before:.4f} -> {val_after:.4f}", flush=True)
+            print(
+                f"validation loss: {val_before:.4f} -> {val_after:.4f} "
+                f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})",
+                flush=True,
+            )
 
         # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename.
         stage = work / "out"

@@ -111,3 +111,14 @@ def test_bad_pipelines(tmp_path, stages, message):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"stages": stages}))
     with pytest.raises(PeftGpt2Error, match=message):
         load_pipeline(tmp_path / "p.yaml")
+
+
+def test_shipped_pipelines_validate():
+    from pathlib import Path
+
+    shipped = sorted(Path("recipes/pipelines").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        stages = load_pipeline(path)
+        assert [s.kind for s in stages].count("compare") == 1
+        assert f"peft-gpt2 pipeline {path}" in path.read_text()

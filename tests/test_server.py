@@ -1,0 +1,245 @@
+"""The OpenAI-compatible server, over real HTTP on 127.0.0.1: right adapter per request under concurrency, errors
+in OpenAI's shape, bounded queue."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from openai import OpenAI
+
+from peft_gpt2 import adapters as adapters_module
+from peft_gpt2 import server as server_module
+from peft_gpt2.adapters import AdapterSet
+from peft_gpt2.config import load_recipe
+from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.server import create_app
+from peft_gpt2.train import train
+
+TOKENS = 6
+GREEDY = GenerationSettings(max_new_tokens=TOKENS, stop=[])
+PROMPTS = [
+    "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n",
+    "### Instruction:\nShout it.\n\n### Input:\ncat3\n\n### Response:\n",
+    "Once upon a time",
+    "### Instruction:\nDouble it.\n\n### Input:\n12\n\n### Response:\n",
+]
+MODELS = ["A", "B", "base"]
+
+
+@pytest.fixture(scope="module")
+def adapter_set(tmp_path_factory) -> AdapterSet:
+    """The tiny GPT-2 with two LoRA adapters trained 2 steps on different data, so all three answer differently."""
+    root = tmp_path_factory.mktemp("served")
+    data = {
+        "A": [{"instruction": "Double it.", "input": str(a), "output": str(2 * a)} for a in range(16)],
+        "B": [{"instruction": "Shout it.", "input": f"cat{i}", "output": f"CAT{i}!"} for i in range(16)],
+    }
+    paths = {}
+    for name in ("A", "B"):
+        (root / f"{name}.json").write_text(json.dumps(data[name]))
+        (root / f"{name}.yaml").write_text(
+            f"name: srv-{name}\nmethod: lora\noutput_dir: {root / 'adapters'}\nmodel: {{name: tiny-gpt2}}\n"
+            f"data: {{path: {root / f'{name}.json'}, template: short, max_length: 48}}\n"
+            "train: {max_steps: 2, learning_rate: 5.0e-2, precision: fp32, per_device_train_batch_size: 8}\n"
+        )
+        paths[name] = train(load_recipe(root / f"{name}.yaml")).path
+    return AdapterSet.from_paths("tiny-gpt2", paths)
+
+
+@pytest.fixture(scope="module")
+def expected(adapter_set) -> dict[tuple[str, str], str]:
+    """Each (model, prompt)'s greedy answer, generated directly, one request at a time."""
+    return {
+        (m, p): adapter_set.generate([p], adapters=[None if m == "base" else m], settings=GREEDY, raw=True)[0]
+        for m in MODELS
+        for p in PROMPTS
+    }
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its URL; stop it, bounded in time."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        assert not thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture(scope="module")
+def url(adapter_set) -> Iterator[str]:
+    with serving(create_app(adapter_set)) as url:
+        yield url
+
+
+@pytest.fixture()
+def http(url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def body(**fields) -> dict:
+    return {"model": "A", "prompt": PROMPTS[0], "max_tokens": TOKENS, "temperature": 0, **fields}
+
+
+def test_openai_client_gets_each_models_own_answer(url, expected, adapter_set):
+    prompt_tokens = len(adapter_set.tokenizer(PROMPTS[0])["input_ids"])
+    assert len({expected[m, PROMPTS[0]] for m in MODELS}) == 3  # the adapters matter, so the test can tell
+    client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
+    for model in MODELS:
+        out = client.completions.create(model=model, prompt=PROMPTS[0], max_tokens=TOKENS, temperature=0)
+        assert out.object == "text_completion" and out.model == model and out.id.startswith("cmpl-")
+        assert [c.text for c in out.choices] == [expected[model, PROMPTS[0]]]
+        assert out.choices[0].index == 0 and out.choices[0].finish_reason in ("stop", "length")
+        usage = out.usage
+        assert usage.prompt_tokens == prompt_tokens and 0 < usage.completion_tokens <= TOKENS
+        assert usage.total_tokens == prompt_tokens + usage.completion_tokens
+    out = client.completions.create(model="B", prompt=PROMPTS[:3], max_tokens=TOKENS, temperature=0, stop=["\n\n"])
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert [c.text for c in out.choices] == [expected["B", p].split("\n\n")[0].strip() for p in PROMPTS[:3]]
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["base", "A", "B"] and {m.owned_by for m in models.data} == {"peft-gpt2"}
+
+
+@pytest.mark.parametrize("mode", ["batch", "lock"])
+def test_200_concurrent_mixed_requests_each_get_their_adapters_answer(adapter_set, expected, mode, monkeypatch):
+    sizes: list[int] = []
+    generate = adapter_set.generate
+
+    def spy(prompts, **kwargs):
+        sizes.append(len(prompts))
+        return generate(prompts, **kwargs)
+
+    monkeypatch.setattr(adapter_set, "generate", spy)
+    cases = [(MODELS[i % 3], PROMPTS[(i // 3) % len(PROMPTS)]) for i in range(200)]
+    with serving(create_app(adapter_set, mode=mode)) as url, httpx.Client(base_url=url, timeout=60) as http:
+
+        def ask(case: tuple[str, str]) -> tuple[int, str]:
+            r = http.post("/v1/completions", json=body(model=case[0], prompt=case[1]))
+            return r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
+
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(ask, cases, timeout=120))
+    assert [status for status, _ in results] == [200] * len(cases)
+    assert [text for _, text in results] == [expected[case] for case in cases]
+    assert sum(sizes) == len(cases) and (max(sizes) > 1 if mode == "batch" else max(sizes) == 1)
+
+
+def test_models_and_health(http):
+    models = http.get("/v1/models").json()
+    assert models["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in models["data"]] == [
+        (n, "model", "peft-gpt2") for n in ("base", "A", "B")
+    ]
+    assert http.get("/health").json() == {"status": "ok", "base": "base", "adapters": ["A", "B"], "mode": "batch"}
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+@pytest.mark.parametrize("name", ["nope", "../x", "/etc/passwd", "A/../B", "default"])
+def test_unknown_model_is_404_listing_the_models_without_touching_files(http, monkeypatch, name):
+    def no_files(*args, **kwargs):
+        raise AssertionError("a request read an adapter folder")
+
+    for function in ("folder_kind", "attach", "read_provenance", "base_of"):
+        monkeypatch.setattr(adapters_module, function, no_files)
+    error = error_of(http.post("/v1/completions", json=body(model=name)), 404)
+    assert error["param"] == "model" and error["code"] == "model_not_found"
+    assert repr(name) in error["message"] and "base, A, B" in error["message"]
+
+
+def test_bad_requests_are_422_in_openais_shape(http):
+    malformed = http.post(
+        "/v1/completions", content=b'{"model": "A", "prompt": ', headers={"content-type": "application/json"}
+    )
+    assert "JSON" in error_of(malformed, 422)["message"]
+    assert error_of(http.post("/v1/completions", json=body(max_tokens="ten")), 422)["param"] == "max_tokens"
+    missing = {"model": "A", "max_tokens": 3}
+    assert error_of(http.post("/v1/completions", json=missing), 422)["param"] == "prompt"
+    assert error_of(http.post("/v1/completions", json=body(prompt=[1, 2])), 422)["param"].startswith("prompt")
+    assert error_of(http.get("/v1/nothing"), 404)["message"] == "Not Found"
+
+
+def test_limits_are_400_naming_them(http):
+    error = error_of(http.post("/v1/completions", json=body(prompt="word " * 1100)), 400)
+    assert "limit of 1018 prompt tokens" in error["message"] and error["code"] == "context_length_exceeded"
+    error = error_of(http.post("/v1/completions", json=body(max_tokens=513)), 400)
+    assert error["param"] == "max_tokens" and "between 1 and 512" in error["message"]
+    error = error_of(http.post("/v1/completions", json=body(n=2)), 400)
+    assert error["param"] == "n" and "one completion per prompt" in error["message"]
+    for field, value in [("echo", True), ("stream", True), ("logprobs", 1), ("top_p", 0), ("stop", [""])]:
+        assert error_of(http.post("/v1/completions", json=body(**{field: value, "temperature": 1})), 400)
+    assert error_of(http.post("/v1/completions", json=body(prompt="")), 400)["message"] == "empty prompt"
+    assert error_of(http.post("/v1/completions", json=body(prompt=[PROMPTS[0]] * 17)), 400)["param"] == "prompt"
+
+
+def test_sampling_with_a_seed_repeats_and_template_renders_the_instruction(http, adapter_set):
+    sample = body(temperature=1.5, top_p=0.9, seed=7, max_tokens=8)
+    texts = [http.post("/v1/completions", json=sample).json()["choices"][0]["text"] for _ in range(2)]
+    assert texts[0] == texts[1]
+    out = http.post("/v1/completions", json=body(prompt="Double it.", template=True)).json()
+    settings = GenerationSettings(max_new_tokens=TOKENS)
+    assert out["choices"][0]["text"] == adapter_set.generate(["Double it."], adapters=["A"], settings=settings)[0]
+
+
+@pytest.mark.parametrize("mode", ["batch", "lock"])
+def test_a_full_queue_answers_429_with_retry_after(adapter_set, monkeypatch, mode):
+    entered, release = threading.Event(), threading.Event()
+    generate = adapter_set.generate
+
+    def blocked(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(adapter_set, "generate", blocked)
+    with (
+        serving(create_app(adapter_set, max_queue=1, mode=mode)) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(http.post, "/v1/completions", json=body())
+            assert entered.wait(30)  # the one slot is taken, by a request stuck in generate
+            refused = http.post("/v1/completions", json=body())
+            error = error_of(refused, 429)
+            assert refused.headers["retry-after"] == "1" and error["code"] == "rate_limit_exceeded"
+            release.set()
+            assert first.result(timeout=30).status_code == 200
+        assert http.post("/v1/completions", json=body()).status_code == 200  # the slot was given back
+
+
+def test_serve_warns_off_loopback(monkeypatch):
+    calls = []
+    monkeypatch.setattr(AdapterSet, "from_paths", classmethod(lambda cls, base, adapters, **kw: calls.append(kw)))
+    monkeypatch.setattr(server_module, "create_app", lambda adapter_set, **kw: calls.append(kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    with pytest.warns(UserWarning, match="no authentication"):
+        server_module.serve("tiny-gpt2", {}, host="0.0.0.0", port=9, force=True, max_queue=3)
+    assert calls == [{"force": True}, {"max_queue": 3}, {"host": "0.0.0.0", "port": 9, "log_level": "info"}]
+    assert server_module.is_loopback("127.0.0.1") and server_module.is_loopback("::1")
+    assert server_module.is_loopback("localhost") and not server_module.is_loopback("example.com")
