@@ -163,8 +163,11 @@ def _chart(rows: list[dict], name: str) -> bytes:
         fig = Figure(figsize=(max(9.0, 2.2 * sum(ratios)), 3.8 * len(groups) + 1), dpi=120, layout="constrained")
         axes = fig.subplots(len(groups), len(panels), squeeze=False, gridspec_kw={"width_ratios": ratios})
         for col, (title, ylabel, keys) in enumerate(panels):
-            top = max(num(r, k) or 0.0 for r in rows for k in keys) or 1.0  # same scale for every dataset
+            shared = max(num(r, k) or 0.0 for r in rows for k in keys) or 1.0  # same scale for every dataset
             for ax, (dataset, group) in zip(axes[:, col], groups.items(), strict=True):
+                # perplexity differs by orders of magnitude between data sets: scale it per data set
+                own = max(num(r, k) or 0.0 for r in group for k in keys) or 1.0
+                top = own if keys == ["perplexity"] else shared
                 for model, offset in zip(models, offsets, strict=True):
                     row = next((r for r in group if str(r.get("model")) == model), {})
                     values = [num(row, k) for k in keys]
