@@ -164,6 +164,25 @@ def _merge(args: argparse.Namespace) -> None:
     print(f"saved merged model to {out}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from peft_gpt2.server import serve  # FastAPI stays an optional dependency
+
+    adapters = named_adapters(args.adapter)
+    _quiet_loading_bars()
+    serve(
+        args.model,
+        adapters,
+        host=args.host,
+        port=args.port,
+        template=args.template,
+        force=args.force,
+        allow_pickle=args.allow_pickle,
+        mode=args.mode,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
+
+
 def _pipeline(args: argparse.Namespace) -> None:
     from peft_gpt2.pipeline import load_pipeline, run_pipeline
 
@@ -241,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
     p.set_defaults(run=_merge)
+
+    p = commands.add_parser("serve", help="OpenAI-compatible HTTP server: one base, adapters picked per request")
+    p.add_argument("--model", help="base model (default: the first adapter's recorded base)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to serve (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--template", help="template for requests with template: true (default: each adapter's own)")
+    p.add_argument(
+        "--mode",
+        choices=["batch", "lock"],
+        default="batch",
+        help="batch: concurrent requests share mixed-adapter batches; lock: one request at a time",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="rows per generate call")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
+    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    p.set_defaults(run=_serve)
 
     p = commands.add_parser("pipeline", help="run train/merge/compare stages from one YAML; finished stages skip")
     p.add_argument("pipeline", help="pipeline YAML, e.g. recipes/sherlock_pipeline.yaml")

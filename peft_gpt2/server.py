@@ -29,6 +29,7 @@ import time
 import uuid
 import warnings
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -37,8 +38,7 @@ from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 
 try:
-    import anyio
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel
@@ -90,7 +90,8 @@ class ApiError(Exception):
         return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
-SHUTTING_DOWN = ApiError(503, "the server is shutting down", kind="server_error")
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", kind="server_error")
 
 
 @dataclass(eq=False)
@@ -113,23 +114,38 @@ class _Engine:
         self.set, self.mode, self.max_queue = adapter_set, mode, max_queue
         self.max_batch, self.wait_s = max_batch, wait_s
         self.slots = threading.BoundedSemaphore(max_queue)  # taken on admission, given back once answered
-        self.queue: queue.Queue[_Job | None] = queue.Queue(max_queue)  # never full: the slots come first
+        self.queue: queue.Queue[_Job | None] = queue.Queue(max_queue)
         self.closed = False
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, "peft-gpt2-lock") if mode == "lock" else None
         if mode == "batch":
             threading.Thread(target=self._loop, name="peft-gpt2-batcher", daemon=True).start()
 
     def submit(self, job: _Job) -> None:
         """Admit ``job`` or refuse it at once: what waits never grows past ``max_queue`` requests."""
         if self.closed:
-            raise SHUTTING_DOWN
+            raise _shutting_down()
         if not self.slots.acquire(blocking=False):
-            busy = f"server busy: {self.max_queue} requests are already waiting or running; retry shortly"
-            raise ApiError(429, busy, None, "rate_limit_exceeded", "rate_limit_error", {"Retry-After": "1"})
-        if self.mode == "batch":
+            raise self._busy()
+        # Freed before the handler hears the answer (or at once if the request is abandoned), so a client that
+        # got its answer may send the next request at once.
+        job.future.add_done_callback(lambda _: self.slots.release())
+        if self.pool:
+            self.pool.submit(self.run, [job])
+            return
+        try:
             self.queue.put_nowait(job)
+        except queue.Full:  # only abandoned requests still queued can fill it
+            job.future.cancel()
+            raise self._busy() from None
+
+    def _busy(self) -> ApiError:
+        message = f"server busy: {self.max_queue} requests are already waiting or running; retry shortly"
+        return ApiError(429, message, None, "rate_limit_exceeded", "rate_limit_error", {"Retry-After": "1"})
 
     def close(self) -> None:
         self.closed = True
+        if self.pool:
+            self.pool.shutdown(wait=False)  # what was admitted still runs
         with contextlib.suppress(queue.Full):  # if full, the worker is busy and sees ``closed`` after its batch
             self.queue.put_nowait(None)
 
@@ -137,11 +153,12 @@ class _Engine:
         """Take the oldest job, wait up to ``wait_s`` for more with its settings, run up to ``max_batch`` rows."""
         waiting: deque[_Job] = deque()
         while not self.closed:
-            job = self.queue.get() if not waiting else waiting[0]
-            if job is None:
-                break
-            waiting += [job] if not waiting else []
-            deadline = time.monotonic() + self.wait_s
+            if not waiting:
+                job = self.queue.get()
+                if job is None:
+                    break
+                waiting.append(job)
+            job, deadline = waiting[0], time.monotonic() + self.wait_s
             while sum(len(j.prompts) for j in waiting if j.key == job.key) < self.max_batch:
                 try:  # a timeout of 0 still takes what is already queued
                     more = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
@@ -161,13 +178,11 @@ class _Engine:
         with contextlib.suppress(queue.Empty):
             while True:
                 waiting.append(self.queue.get_nowait())
-        for job in (j for j in waiting if j is not None):  # answer whoever is left
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(SHUTTING_DOWN)
-            self.slots.release()
+        for job in (j for j in waiting if j is not None and j.future.set_running_or_notify_cancel()):
+            job.future.set_exception(_shutting_down())  # answer whoever is left
 
     def run(self, jobs: list[_Job]) -> None:
-        """Check prompt lengths, generate, settle each job's future and give its slot back. Never raises."""
+        """Check prompt lengths, generate, and settle each job's future. Never raises."""
         live = [j for j in jobs if j.future.set_running_or_notify_cancel()]  # skip abandoned requests
         try:
             with self.set.lock:  # the tokenizer is not safe to share across threads either
@@ -175,9 +190,6 @@ class _Engine:
         except Exception as err:  # keep the worker alive and no request waiting
             for job in (j for j in live if not j.future.done()):
                 job.future.set_exception(err)
-        finally:
-            for _ in jobs:
-                self.slots.release()
 
     def _fits(self, job: _Job) -> bool:
         lengths = [len(ids) for ids in self.set.tokenizer(job.prompts)["input_ids"]]
@@ -200,9 +212,10 @@ class _Engine:
             counts = [min(len(ids), settings.max_new_tokens) for ids in self.set.tokenizer(texts)["input_ids"]]
         except Exception as err:
             if len(jobs) == 1:
-                return jobs[0].future.set_exception(err)
-            for job in jobs:  # one bad request must not fail the others
-                self._generate([job])
+                jobs[0].future.set_exception(err)
+            else:  # one bad request must not fail the others
+                for job in jobs:
+                    self._generate([job])
             return
         for job in jobs:
             k = len(job.prompts)
@@ -229,12 +242,12 @@ def create_app(
         max_batch: rows per generate call in ``"batch"`` mode, and prompts per request.
         batch_wait_ms: how long the batcher waits for more requests to join the oldest one.
         max_queue: requests waiting or running at once; more are refused with 429 and ``Retry-After``.
-        mode: ``"batch"`` (mixed-adapter batches) or ``"lock"`` (each request runs alone).
+        mode: ``"batch"`` (mixed-adapter batches) or ``"lock"`` (each request alone, in arrival order).
     """
     if mode not in ("batch", "lock"):
         raise PeftGpt2Error(f"mode must be 'batch' or 'lock', not {mode!r}")
-    if min(max_batch, max_queue, max_new_tokens_limit) < 1:
-        raise PeftGpt2Error("max_batch, max_queue and max_new_tokens_limit must be >= 1")
+    if min(max_batch, max_queue, max_new_tokens_limit, 1 if max_prompt_tokens is None else max_prompt_tokens) < 1:
+        raise PeftGpt2Error("max_batch, max_queue, max_new_tokens_limit and max_prompt_tokens must be >= 1")
     if base_name in adapter_set.names:
         raise PeftGpt2Error(f"base_name {base_name!r} is also an adapter's name; choose another")
     config = adapter_set.model.config
@@ -243,7 +256,7 @@ def create_app(
     created = int(time.time())
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         engine.close()
 
@@ -251,19 +264,21 @@ def create_app(
     app.state.engine = engine
 
     @app.exception_handler(ApiError)
-    async def api_error(request, err: ApiError) -> JSONResponse:
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
         return err.response()
 
     @app.exception_handler(HTTPException)
-    async def http_error(request, err: HTTPException) -> JSONResponse:  # unknown routes, wrong methods
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:  # unknown routes, wrong methods
         return ApiError(err.status_code, str(err.detail)).response()
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request, err: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         """FastAPI's 422 (bad JSON, wrong types, missing fields), in OpenAI's error shape."""
-        where = [".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body" for e in err.errors()]
-        message = "; ".join(f"{w}: {e.get('msg')}" for w, e in zip(where, err.errors(), strict=True))
-        return ApiError(422, message or "invalid request", param=where[0] if where else None).response()
+        errors = [e for e in err.errors() if e.get("type") != "json_invalid"]  # its loc is a character offset
+        where = [".".join(str(p) for p in e.get("loc", ()) if p != "body") or None for e in errors]
+        message = "; ".join(f"{w or 'body'}: {e.get('msg')}" for w, e in zip(where, errors, strict=True))
+        message = message or "; ".join(f"body: {e.get('msg')}" for e in err.errors()) or "invalid request"
+        return ApiError(422, message, param=where[0] if where else None).response()
 
     def unknown(model: str) -> ApiError:
         available = ", ".join([base_name, *adapter_set.names])
@@ -307,9 +322,9 @@ def create_app(
         sample = temperature > 0
         try:
             settings = GenerationSettings(
-                max_tokens,
-                sample,
-                temperature if sample else 1.0,
+                max_new_tokens=max_tokens,
+                do_sample=sample,
+                temperature=temperature if sample else 1.0,
                 top_k=0,
                 stop=stop,
                 top_p=body.top_p if sample and body.top_p is not None else 1.0,
@@ -326,8 +341,6 @@ def create_app(
     async def completions(body: CompletionRequest) -> dict:
         job = job_for(body)
         engine.submit(job)
-        if mode == "lock":
-            await anyio.to_thread.run_sync(engine.run, [job])
         try:
             texts, counts = await asyncio.wrap_future(job.future)
         except (ApiError, PeftGpt2Error) as err:

@@ -243,3 +243,35 @@ def test_serve_warns_off_loopback(monkeypatch):
     assert calls == [{"force": True}, {"max_queue": 3}, {"host": "0.0.0.0", "port": 9, "log_level": "info"}]
     assert server_module.is_loopback("127.0.0.1") and server_module.is_loopback("::1")
     assert server_module.is_loopback("localhost") and not server_module.is_loopback("example.com")
+
+
+def test_a_failing_request_in_a_batch_fails_alone(adapter_set, monkeypatch):
+    entered, release, calls = threading.Event(), threading.Event(), []
+    generate = adapter_set.generate
+
+    def flaky(prompts, **kwargs):
+        calls.append(list(prompts))
+        if len(calls) == 1:  # hold the worker until the others are all queued
+            entered.set()
+            assert release.wait(30)
+        if "BOOM" in prompts:
+            raise RuntimeError("boom")
+        return generate(prompts, **kwargs)
+
+    monkeypatch.setattr(adapter_set, "generate", flaky)
+    app = create_app(adapter_set)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as http, ThreadPoolExecutor(8) as pool:
+        first = pool.submit(http.post, "/v1/completions", json=body())
+        assert entered.wait(30)
+        prompts = [PROMPTS[1], "BOOM", PROMPTS[2], PROMPTS[3]]
+        rest = [pool.submit(http.post, "/v1/completions", json=body(prompt=p)) for p in prompts]
+        deadline = time.monotonic() + 30
+        while app.state.engine.queue.qsize() < len(prompts):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        release.set()
+        responses = [f.result(timeout=30) for f in [first, *rest]]
+    assert [r.status_code for r in responses] == [200, 200, 500, 200, 200]
+    assert "RuntimeError: boom" in error_of(responses[2], 500)["message"]
+    assert calls[1] == prompts  # one batch, which failed; then each request alone
+    assert sorted(map(tuple, calls[2:])) == sorted((p,) for p in prompts)
