@@ -227,3 +227,22 @@ def test_text_corpus_trains_on_every_token_and_validates_by_position(tmp_path, t
     assert p["data"]["train_blocks"] > 20 and p["data"]["validation_blocks"] >= 2
     assert p["validation_loss_after"] < p["validation_loss_before"] - 1.0, p
     assert not (run.path / "test.json").exists()
+
+
+def test_fp16_on_cpu_fails_before_loading(tmp_path, tiny_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    make_recipe(tmp_path, tiny_path)
+    assert main(["train", str(tmp_path / "toy.yaml"), "--set", "train.precision=fp16"]) == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "adapters").exists()
+
+
+def test_8bit_without_bitsandbytes_names_the_install(tmp_path, tiny_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    make_recipe(tmp_path, tiny_path)
+    assert main(["train", str(tmp_path / "toy.yaml"), "--set", "method=lora-8bit"]) == 2
+    assert "pip install 'peft-gpt2[8bit]'" in capsys.readouterr().err
+    assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())

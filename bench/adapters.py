@@ -1,0 +1,121 @@
+"""Adapter inference costs on CPU: swap latency, and merged vs unmerged generation speed.
+
+    python bench/adapters.py --model tiny-gpt2
+    python bench/adapters.py --model smollm2-135m
+
+Two LoRA adapters (random, non-zero updates on the architecture's default targets) are attached to one
+base. Swap: PEFT's ``set_adapter`` between them (what ``AdapterSet.generate`` runs), median of many.
+Speed: greedy tokens/s of the same batch with the adapter unmerged (LoRA computed beside each layer)
+and merged into the weights.
+Results: bench/results/adapters-<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def make_adapter(model_name: str, out: Path, seed: int) -> None:
+    """A saved PEFT adapter with non-zero B (a trained adapter's shape and cost, without training)."""
+    from peft import get_peft_model
+
+    from peft_gpt2.config import Recipe
+    from peft_gpt2.models import config_fingerprint, load_base
+    from peft_gpt2.train import lora_config
+
+    base, _ = load_base(model_name)
+    peft_model = get_peft_model(base, lora_config(Recipe(name="bench", data={"path": "x"}), base))
+    torch.manual_seed(seed)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    peft_model.save_pretrained(out)
+    provenance = {
+        "name": out.name,
+        "method": "lora",
+        "base_model": model_name,
+        "base_config_fingerprint": config_fingerprint(base.config),
+        "template": "alpaca",
+    }
+    (out / "peft_gpt2.json").write_text(json.dumps(provenance))
+
+
+def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int = 3) -> float:
+    """Greedy tokens/s for exactly ``new_tokens`` per row (eos switched off), median of ``repeats``."""
+    from peft_gpt2.generation import GenerationSettings, generate
+
+    settings = GenerationSettings(max_new_tokens=new_tokens, stop=["\u0000never"], batch_size=len(prompts))
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        generate(model, tokenizer, prompts, settings)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate(model, tokenizer, prompts, settings)
+            times.append(time.perf_counter() - start)
+        return len(prompts) * new_tokens / statistics.median(times)
+    finally:
+        model.generation_config.eos_token_id = eos
+
+
+def main() -> None:
+    from peft_gpt2.adapters import AdapterSet
+    from peft_gpt2.models import load_base
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-gpt2")
+    parser.add_argument("--swaps", type=int, default=500)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {n: Path(tmp) / n for n in ("a", "b")}
+        for i, (_, path) in enumerate(paths.items()):
+            make_adapter(args.model, path, seed=i)
+        base, tok = load_base(args.model)
+        m = AdapterSet(base, tok, {n: str(p) for n, p in paths.items()})
+        swaps = []
+        for i in range(args.swaps):  # what generate does for a one-adapter batch: PEFT's set_adapter
+            start = time.perf_counter()
+            m.model.set_adapter("a" if i % 2 else "b", inference_mode=True)
+            swaps.append(time.perf_counter() - start)
+        prompts = ["Sherlock Holmes took his bottle from the corner of the mantel-piece"] * args.batch
+        m.model.set_adapter("a", inference_mode=True)
+        unmerged = tokens_per_s(m.model, tok, prompts, args.new_tokens)
+        merged_model = copy.deepcopy(m.model).merge_and_unload()  # the weights with the update folded in
+        merged = tokens_per_s(merged_model, tok, prompts, args.new_tokens)
+
+    result = {
+        "model": args.model,
+        "swap_ms_median": round(statistics.median(swaps) * 1000, 4),
+        "swap_ms_p95": round(sorted(swaps)[int(0.95 * len(swaps))] * 1000, 4),
+        "swaps": args.swaps,
+        "unmerged_tokens_per_s": round(unmerged, 1),
+        "merged_tokens_per_s": round(merged, 1),
+        "merged_over_unmerged": round(merged / unmerged, 2),
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "command": f"python bench/adapters.py --model {args.model}",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"adapters-{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
