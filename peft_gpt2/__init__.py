@@ -17,4 +17,6 @@ def __getattr__(name: str):
 
         return evaluate_model
     raise AttributeError(f"module 'peft_gpt2' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

@@ -43,3 +43,25 @@ def gpt2_tokenizer(tiny_path):
     from peft_gpt2.models import load_tokenizer
 
     return load_tokenizer(tiny_path)
+
+
+TOY_DATA = {
+    "A": [{"instruction": "Double it.", "input": str(a), "output": str(2 * a)} for a in range(40)],
+    "B": [{"instruction": "Shout it.", "input": f"cat{i}", "output": f"CAT{i}!"} for i in range(40)],
+}
+
+
+def train_toy_adapter(root, name: str, *, rank: int = 8, steps: int = 3, lr: float = 3e-2, records: int = 40):
+    """Train a LoRA adapter of the tiny GPT-2 on toy task ``name`` ("A": doubling, "B": shouting); its folder."""
+    import json
+
+    from peft_gpt2.config import load_recipe
+    from peft_gpt2.train import train
+
+    (root / f"{name}.json").write_text(json.dumps(TOY_DATA[name][:records]))
+    (root / f"{name}.yaml").write_text(
+        f"name: toy-{name}\nmethod: lora\noutput_dir: {root / 'adapters'}\nmodel: {{name: tiny-gpt2}}\n"
+        f"lora: {{r: {rank}}}\ndata: {{path: {root / f'{name}.json'}, template: short, max_length: 48}}\n"
+        f"train: {{max_steps: {steps}, learning_rate: {lr}, precision: fp32, per_device_train_batch_size: 8}}\n"
+    )
+    return train(load_recipe(root / f"{name}.yaml")).path

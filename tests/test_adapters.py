@@ -8,14 +8,13 @@ import threading
 
 import pytest
 import torch
+from conftest import train_toy_adapter
 
 from peft_gpt2 import adapters as adapters_module
 from peft_gpt2 import models
 from peft_gpt2.adapters import AdapterSet, attach, check_name, folder_kind, merge_adapter
-from peft_gpt2.config import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
-from peft_gpt2.train import train
 
 FAST = GenerationSettings(max_new_tokens=6, stop=["###"])
 TEXT = "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n"
@@ -25,20 +24,7 @@ TEXT = "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n"
 def pair(tmp_path_factory):
     """Two LoRA adapters of the tiny GPT-2 trained 3 steps on different data; A has rank 8, B rank 4."""
     root = tmp_path_factory.mktemp("pair")
-    data = {
-        "A": [{"instruction": "Double it.", "input": str(a), "output": str(2 * a)} for a in range(40)],
-        "B": [{"instruction": "Shout it.", "input": f"cat{i}", "output": f"CAT{i}!"} for i in range(40)],
-    }
-    out = {}
-    for name, rank in (("A", 8), ("B", 4)):
-        (root / f"{name}.json").write_text(json.dumps(data[name]))
-        (root / f"{name}.yaml").write_text(
-            f"name: toy-{name}\nmethod: lora\noutput_dir: {root / 'adapters'}\nmodel: {{name: tiny-gpt2}}\n"
-            f"lora: {{r: {rank}}}\ndata: {{path: {root / f'{name}.json'}, template: short, max_length: 48}}\n"
-            "train: {max_steps: 3, learning_rate: 3.0e-2, precision: fp32, per_device_train_batch_size: 8}\n"
-        )
-        out[name] = train(load_recipe(root / f"{name}.yaml")).path
-    return out
+    return {name: train_toy_adapter(root, name, rank=rank) for name, rank in (("A", 8), ("B", 4))}
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@ in OpenAI's shape, bounded queue."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -14,15 +13,14 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import uvicorn
+from conftest import train_toy_adapter
 from openai import OpenAI
 
 from peft_gpt2 import adapters as adapters_module
 from peft_gpt2 import server as server_module
 from peft_gpt2.adapters import AdapterSet
-from peft_gpt2.config import load_recipe
 from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.server import create_app
-from peft_gpt2.train import train
 
 TOKENS = 6
 GREEDY = GenerationSettings(max_new_tokens=TOKENS, stop=[])
@@ -39,19 +37,7 @@ MODELS = ["A", "B", "base"]
 def adapter_set(tmp_path_factory) -> AdapterSet:
     """The tiny GPT-2 with two LoRA adapters trained 2 steps on different data, so all three answer differently."""
     root = tmp_path_factory.mktemp("served")
-    data = {
-        "A": [{"instruction": "Double it.", "input": str(a), "output": str(2 * a)} for a in range(16)],
-        "B": [{"instruction": "Shout it.", "input": f"cat{i}", "output": f"CAT{i}!"} for i in range(16)],
-    }
-    paths = {}
-    for name in ("A", "B"):
-        (root / f"{name}.json").write_text(json.dumps(data[name]))
-        (root / f"{name}.yaml").write_text(
-            f"name: srv-{name}\nmethod: lora\noutput_dir: {root / 'adapters'}\nmodel: {{name: tiny-gpt2}}\n"
-            f"data: {{path: {root / f'{name}.json'}, template: short, max_length: 48}}\n"
-            "train: {max_steps: 2, learning_rate: 5.0e-2, precision: fp32, per_device_train_batch_size: 8}\n"
-        )
-        paths[name] = train(load_recipe(root / f"{name}.yaml")).path
+    paths = {name: train_toy_adapter(root, name, steps=2, lr=5e-2, records=16) for name in ("A", "B")}
     return AdapterSet.from_paths("tiny-gpt2", paths)
 
 
