@@ -233,6 +233,7 @@ def create_app(
     batch_wait_ms: float = 5,
     max_queue: int = 256,
     mode: Literal["batch", "lock"] = "batch",
+    max_body_bytes: int = 1_000_000,
 ) -> FastAPI:
     """The FastAPI app serving ``adapter_set``: ``model`` = an adapter name, or ``base_name`` for the bare base.
 
@@ -243,6 +244,7 @@ def create_app(
         batch_wait_ms: how long the batcher waits for more requests to join the oldest one.
         max_queue: requests waiting or running at once; more are refused with 429 and ``Retry-After``.
         mode: ``"batch"`` (mixed-adapter batches) or ``"lock"`` (each request alone, in arrival order).
+        max_body_bytes: larger request bodies (by Content-Length) are refused with 413 before they are read.
     """
     if mode not in ("batch", "lock"):
         raise PeftGpt2Error(f"mode must be 'batch' or 'lock', not {mode!r}")
@@ -262,6 +264,14 @@ def create_app(
 
     app = FastAPI(title="peft-gpt2", lifespan=lifespan)
     app.state.engine = engine
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        """Refuse an oversized body from its header, before reading (and holding) it in memory."""
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > max_body_bytes:
+            return ApiError(413, f"request body over {max_body_bytes} bytes", code="request_too_large").response()
+        return await call_next(request)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:

@@ -184,6 +184,12 @@ def test_limits_are_400_naming_them(http):
     assert error_of(http.post("/v1/completions", json=body(prompt=[PROMPTS[0]] * 17)), 400)["param"] == "prompt"
 
 
+def test_an_oversized_body_is_413_before_it_is_read(http):
+    error = error_of(http.post("/v1/completions", json=body(prompt="x" * 1_100_000)), 413)
+    assert "over 1000000 bytes" in error["message"]
+    assert http.get("/health").status_code == 200  # the server is unharmed
+
+
 def test_sampling_with_a_seed_repeats_and_template_renders_the_instruction(http, adapter_set):
     sample = body(temperature=1.5, top_p=0.9, seed=7, max_tokens=8)
     texts = [http.post("/v1/completions", json=sample).json()["choices"][0]["text"] for _ in range(2)]
