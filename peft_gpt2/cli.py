@@ -150,7 +150,7 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _merge(args: argparse.Namespace) -> None:
-    from peft_gpt2.adapters import merge_adapter
+    from peft_gpt2.merge import merge_adapter
 
     _quiet_loading_bars()
     out = merge_adapter(

@@ -116,7 +116,7 @@ def completion_loss(
     Raises:
         `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
     """
-    from peft_gpt2.train import tokenized_pairs
+    from peft_gpt2.training_data import tokenized_pairs
 
     if not pairs:
         raise PeftGpt2Error("no pairs to score")

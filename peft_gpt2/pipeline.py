@@ -99,7 +99,7 @@ def run_pipeline(path: str | Path, *, rerun: list[str] | tuple[str, ...] = ()) -
 
             train(stage.recipe, overwrite=again)
         elif stage.kind == "merge":
-            from peft_gpt2.adapters import merge_adapter
+            from peft_gpt2.merge import merge_adapter
 
             merge_adapter(stage.spec["adapter"], stage.spec["out"], base=stage.spec["model"], overwrite=True)
         else:

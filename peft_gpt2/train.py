@@ -19,18 +19,17 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transformers import TrainerCallback
-
+from peft_gpt2.checkpoints import StopOnNonFinite, check_checkpoints, checkpoint_dir
 from peft_gpt2.config import Recipe, dump_recipe, recipe_dict
-from peft_gpt2.data import Splits, prepare_splits, save_records
+from peft_gpt2.data import save_records
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.prompts import TEMPLATES
+from peft_gpt2.folders import publish_folder
+from peft_gpt2.training_data import training_data
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -132,34 +131,6 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
     )
 
 
-def tokenized_pairs(
-    pairs: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int, overlong: str, split: str
-) -> tuple[list[dict], dict]:
-    """Check the completion mask will be exact and apply the over-long policy; count what it did.
-
-    TRL finds the completion by tokenizing the prompt alone and prompt+completion; if BPE merges across
-    the join it only logs a warning and trains on a shifted mask, so here that is an error.
-    """
-    prompts = tokenizer([p["prompt"] for p in pairs], add_special_tokens=False)["input_ids"]
-    full = tokenizer([p["prompt"] + p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
-    kept, truncated, dropped = [], 0, 0
-    for i, (pair, p_ids, f_ids) in enumerate(zip(pairs, prompts, full, strict=True)):
-        if f_ids[: len(p_ids)] != p_ids:
-            raise PeftGpt2Error(
-                f"{split} record {i}: the tokenized prompt is not a prefix of prompt+completion, so the loss mask "
-                f"would be shifted; check the template and the record's output {pair['completion'][:40]!r}"
-            )
-        length = len(f_ids) + 1  # + eos
-        if length <= max_length:
-            kept.append(pair)
-        elif overlong == "drop" or len(p_ids) >= max_length:  # a prompt alone that fills max_length: no loss
-            dropped += 1
-        else:
-            truncated += 1
-            kept.append(pair)
-    return kept, {f"{split}_overlong_truncated": truncated, f"{split}_overlong_dropped": dropped}
-
-
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -209,72 +180,6 @@ def make_trainer(
 
 
 @dataclass
-class TrainingData:
-    """Rows for the trainer, how to score the validation split, and the held-out test records."""
-
-    train: list[dict]
-    validation: list[dict]
-    validation_loss: Callable[[PreTrainedModel, int], dict] | None
-    test: list[dict]
-    stats: dict
-
-
-def training_data(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
-    """Load, clean, split and check the recipe's data; needs only the tokenizer, never the model.
-
-    Instructions become ``{"prompt", "completion"}`` pairs (loss on the completion and its eos); a text corpus
-    becomes eos-separated blocks of ``data.max_length`` tokens (loss on every token), with validation text
-    taken from the end of each document rather than from random blocks.
-    """
-    from peft_gpt2.evaluation import completion_loss, token_loss
-
-    d = recipe.data
-    if d.format == "text":
-        from peft_gpt2.corpus import corpus_blocks, load_corpus, split_by_position
-
-        train_docs, val_docs = split_by_position(load_corpus(d.path), d.split[1])
-        train_blocks, train_stats = corpus_blocks(train_docs, tokenizer, d.max_length)
-        val_blocks, val_stats = corpus_blocks(val_docs, tokenizer, d.max_length) if val_docs else ([], {})
-        if not train_blocks:
-            raise PeftGpt2Error(f"{d.path}: fewer than data.max_length={d.max_length} tokens of training text")
-        stats = {
-            "documents": len(train_docs),
-            **{f"train_{k}": v for k, v in train_stats.items()},
-            **{f"validation_{k}": v for k, v in val_stats.items()},
-        }
-
-        def score_blocks(model: PreTrainedModel, batch_size: int) -> dict:
-            pad = tokenizer.pad_token_id
-            return token_loss(model, val_blocks, [0] * len(val_blocks), pad_token_id=pad, batch_size=batch_size)
-
-        return TrainingData(
-            [{"input_ids": b} for b in train_blocks],
-            [{"input_ids": b} for b in val_blocks],
-            score_blocks if val_blocks else None,
-            [],
-            stats,
-        )
-
-    splits: Splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
-    template = TEMPLATES[d.template]
-    train_pairs, stats = tokenized_pairs(
-        [template.render(r) for r in splits.train], tokenizer, d.max_length, d.overlong, "train"
-    )
-    val_pairs, val_stats = tokenized_pairs(
-        [template.render(r) for r in splits.validation], tokenizer, d.max_length, d.overlong, "validation"
-    )
-    if not train_pairs:
-        raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
-
-    def score_pairs(model: PreTrainedModel, batch_size: int) -> dict:
-        return completion_loss(model, tokenizer, val_pairs, batch_size=batch_size, max_length=d.max_length)
-
-    return TrainingData(
-        train_pairs, val_pairs, score_pairs if val_pairs else None, splits.test, {**splits.stats, **stats, **val_stats}
-    )
-
-
-@dataclass
 class TrainRun:
     """What ``train`` leaves: the output folder, its provenance, and the trained model still in memory."""
 
@@ -289,49 +194,6 @@ def check_output(recipe: Recipe, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise PeftGpt2Error(f"{out} already exists; choose another name (--set name=...) or pass --overwrite")
     return out
-
-
-def checkpoint_dir(recipe: Recipe) -> Path:
-    """Where an unfinished run keeps its checkpoints: hidden, next to the output, never mistaken for it."""
-    return Path(recipe.output_dir) / f".{recipe.name}.checkpoints"
-
-
-def check_checkpoints(recipe: Recipe, resume: bool, overwrite: bool) -> Path | None:
-    """``--resume`` needs checkpoints of the same recipe; a fresh run must not silently discard them."""
-    ckpt = checkpoint_dir(recipe)
-    found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if resume:
-        if not found:
-            raise PeftGpt2Error(f"--resume: no checkpoint in {ckpt}; set train.save_steps to write checkpoints")
-        saved = (ckpt / "recipe.yaml").read_text(encoding="utf-8") if (ckpt / "recipe.yaml").exists() else None
-        if saved is not None and saved != dump_recipe(recipe):
-            raise PeftGpt2Error(
-                f"--resume: the recipe differs from the one in {ckpt}/recipe.yaml; resume with that one"
-            )
-        return found[-1]
-    if found and not overwrite:
-        raise PeftGpt2Error(
-            f"{ckpt} holds checkpoints of an unfinished run ({found[-1].name}); pass --resume to continue it "
-            "or --overwrite to start over"
-        )
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return None
-
-
-class StopOnNonFinite(TrainerCallback):
-    """Stop at the first logged nan/inf loss or gradient norm, naming the step and what to change."""
-
-    def __init__(self, precision: str, checkpoints: Path) -> None:
-        self.precision, self.checkpoints = precision, checkpoints
-
-    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
-        for key in ("loss", "grad_norm"):
-            value = (logs or {}).get(key)
-            if value is not None and not math.isfinite(value):
-                last = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-                hint = "lower train.learning_rate" + (" or use precision bf16/fp32" if self.precision == "fp16" else "")
-                kept = f"; last good checkpoint: {last[-1]} (--resume)" if last else ""
-                raise PeftGpt2Error(f"training {key} became {value} at step {state.global_step}: {hint}{kept}")
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainRun:
@@ -433,7 +295,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (stage / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-        _replace(stage, out)
+        publish_folder(stage, out)
         shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its checkpoints are not needed
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -444,14 +306,3 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is set aside first and removed only after."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{time.time_ns()}")
-        dst.rename(old)
-    src.rename(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

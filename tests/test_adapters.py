@@ -12,9 +12,10 @@ from conftest import train_toy_adapter
 
 from peft_gpt2 import adapters as adapters_module
 from peft_gpt2 import models
-from peft_gpt2.adapters import AdapterSet, attach, check_name, folder_kind, merge_adapter
+from peft_gpt2.adapters import AdapterSet, attach, check_name, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.merge import merge_adapter
 
 FAST = GenerationSettings(max_new_tokens=6, stop=["###"])
 TEXT = "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n"

@@ -14,7 +14,8 @@ from peft_gpt2.cli import main
 from peft_gpt2.config import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.prompts import TEMPLATES
-from peft_gpt2.train import lora_config, make_trainer, tokenized_pairs, train
+from peft_gpt2.train import lora_config, make_trainer, train
+from peft_gpt2.training_data import tokenized_pairs
 
 
 def addition_records(n: int, seed: int = 0) -> list[dict]:
