@@ -191,6 +191,11 @@ def _pipeline(args: argparse.Namespace) -> None:
     run_pipeline(args.pipeline, rerun=args.rerun)
 
 
+def _add_trust_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
+    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -227,8 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N records only")
     p.add_argument("--template", help="prompt template (default: the adapter's, else alpaca)")
     p.add_argument("--out", default="reports", help="folder for the answers file")
-    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    _add_trust_args(p)
     _add_generation_args(p)
     p.set_defaults(run=_eval)
 
@@ -247,8 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the first adapter's recorded base)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to load (repeatable)")
     p.add_argument("--template", help="prompt template (default: each adapter's own)")
-    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    _add_trust_args(p)
     _add_generation_args(p)
     p.set_defaults(run=_chat)
 
@@ -257,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--model", help="base model (default: the adapter's recorded base)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    _add_trust_args(p)
     p.set_defaults(run=_merge)
 
     p = commands.add_parser("serve", help="OpenAI-compatible HTTP server: one base, adapters picked per request")
@@ -275,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch", type=int, default=16, help="rows per generate call")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
-    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
+    _add_trust_args(p)
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("pipeline", help="run train/merge/compare stages from one YAML; finished stages skip")

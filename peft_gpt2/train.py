@@ -261,15 +261,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
                 flush=True,
             )
 
-        # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename.
-        stage = work / "out"
-        trainer.save_model(str(stage))
-        (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
-        tokenizer.save_pretrained(stage)
-        (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-        if data.test:
-            save_records(data.test, stage / "test.json")
-        (stage / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         provenance = {
             "name": recipe.name,
             "method": recipe.method,
@@ -289,14 +280,27 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             "validation_loss_after": val_after,
             "peak_memory_mb": round(_peak_memory_mb(), 1),
             "device": str(trainer.args.device),
+            "processes": trainer.args.world_size,
             "data": data.stats,
             "recipe": recipe_dict(recipe),
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (stage / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-        publish_folder(stage, out)
-        shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its checkpoints are not needed
+        # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename. One writer:
+        #    under torchrun / accelerate launch only the main process writes, the others wait for it.
+        if trainer.is_world_process_zero():
+            stage = work / "out"
+            trainer.save_model(str(stage))
+            (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
+            tokenizer.save_pretrained(stage)
+            (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+            if data.test:
+                save_records(data.test, stage / "test.json")
+            (stage / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+            (stage / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+            publish_folder(stage, out)
+            shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its checkpoints are not needed
+        trainer.accelerator.wait_for_everyone()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
