@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/sherlock_qa.json")
     parser.add_argument("--questions", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 

@@ -203,7 +203,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    g.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     g.add_argument("--seed", type=int, default=None, help="seed for sampling")
 
 

@@ -31,7 +31,7 @@ class GenerationSettings:
         repetition_penalty (`float`, defaults to 1.0): > 1 discourages repeats. Transformers also
             penalizes the pad token in left-padded rows, so with a penalty batching can change results.
         stop (`list[str]`, defaults to ``["### "]``): The completion ends before the first of these.
-        batch_size (`int`, defaults to 16): Prompts per ``generate`` call.
+        batch_size (`int`, defaults to 64): Prompts per ``generate`` call (bigger batches pay off, on CPU too).
         seed (`int`, *optional*): Seeds torch before sampling, for repeatable samples.
     """
 
@@ -42,7 +42,7 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=lambda: ["### "])
-    batch_size: int = 16
+    batch_size: int = 64
     seed: int | None = None
 
     def __post_init__(self) -> None:
