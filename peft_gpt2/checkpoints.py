@@ -1,7 +1,7 @@
 """Checkpoints of an unfinished run, ``--resume``, and stopping on a nan/inf loss.
 
-    peft-gpt2 train recipes/alpaca_lora.yaml --set train.save_steps=100            # killed at step 250
-    peft-gpt2 train recipes/alpaca_lora.yaml --set train.save_steps=100 --resume   # continues from step 200
+peft-gpt2 train recipes/alpaca_lora.yaml --set train.save_steps=100            # killed at step 250
+peft-gpt2 train recipes/alpaca_lora.yaml --set train.save_steps=100 --resume   # continues from step 200
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ are loaded one at a time. Every row is scored by ``evaluate_model`` on the same 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 from peft_gpt2.adapters import attach, disk_size_mb, folder_kind, read_provenance
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation import evaluate_model, load_eval_records
+from peft_gpt2.folders import write_atomic
 from peft_gpt2.generation import GenerationSettings
 
 TEST_SPLIT = "test"  # --data value meaning "the held-out split saved with the runs"
@@ -109,10 +108,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
 def write_jsonl(rows: list[dict], path: Path) -> None:
     """Write atomically: a temp file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
 
 
 def compare(

@@ -15,11 +15,11 @@ import io
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from peft_gpt2.folders import write_atomic
 
 # (row key, table header, format spec); "" means str(value).
 COLUMNS: list[tuple[str, str, str]] = [
@@ -90,19 +90,6 @@ def _by_dataset(rows: list[dict]) -> dict[Any, list[dict]]:
     for row in rows:
         groups.setdefault(row.get("dataset"), []).append(row)
     return groups
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temp file in the same folder, then rename: readers see the old file or the new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(fd, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        with open(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -218,5 +205,5 @@ def write_report(rows: list[dict], out_dir: Path, name: str, *, meta: dict | Non
         "png": _chart(rows, name),
     }
     for ext, data in contents.items():
-        _atomic_write(paths[ext], data)
+        write_atomic(paths[ext], data)
     return paths
