@@ -36,7 +36,9 @@ class Stage:
     @property
     def output(self) -> Path:
         if self.kind == "train":
-            return self.recipe.out_path / "peft_gpt2.json"
+            from peft_gpt2.adapters import PROVENANCE
+
+            return self.recipe.out_path / PROVENANCE
         if self.kind == "merge":
             return Path(self.spec["out"]) / "config.json"
         return Path("reports") / f"{self.spec['name']}.json"

@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peft_gpt2.adapters import PROVENANCE
 from peft_gpt2.checkpoints import StopOnNonFinite, check_checkpoints, checkpoint_dir
 from peft_gpt2.config import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.data import save_records
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import SFTConfig
 
-PROVENANCE = "peft_gpt2.json"
 PACKAGES = ("peft-gpt2", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
 
 
