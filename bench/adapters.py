@@ -31,7 +31,7 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
 
     from peft_gpt2.config import Recipe
     from peft_gpt2.models import config_fingerprint, load_base
-    from peft_gpt2.train import lora_config
+    from peft_gpt2.trainer import lora_config
 
     base, _ = load_base(model_name)
     peft_model = get_peft_model(base, lora_config(Recipe(name="bench", data={"path": "x"}), base))

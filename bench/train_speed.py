@@ -9,9 +9,9 @@ fine-tune. Ours: ``make_trainer`` with a ``Recipe`` (full / lora / lora-8bit), c
 defaults (length-grouped batches, precision auto = bf16 autocast on a CPU that has it). Same random-init
 weights, max length 256, batch 5 and steps for every variant; each variant runs in its own subprocess so
 peak memory and threads do not leak. Effective tokens/s counts non-padding tokens of the batches fed, after
-warm-up steps; by default each variant runs one epoch, so all see the same examples. Packing / padding-free
-is not measured: with SDPA or eager attention TRL's padding-free lets examples attend to each other (correct
-only with FlashAttention varlen). Results: bench/results/train_speed.{json,md}
+warm-up steps; by default each variant runs one epoch, so all see the same examples. Padding-free batches
+(``train.padding_free``) are measured with the attention the model has; ``make_trainer`` refuses them where
+attention would let examples see each other (tests/test_train.py). Results: bench/results/train_speed.{json,md}
 """
 
 from __future__ import annotations
@@ -43,12 +43,17 @@ VARIANTS: dict[str, dict] = {  # name -> what differs from our LoRA defaults
     "lora-fp32": {"method": "lora", "precision": "fp32"},
     "lora-eager": {"method": "lora", "attn": "eager"},
     "lora-ckpt": {"method": "lora", "activation_checkpointing": True},
+    "lora-malloc": {"method": "lora", "keep_freed_memory": False},
+    "lora-padding-free": {"method": "lora", "padding_free": True, "group_by_length": False},
 }
 LEVERS = [  # (lever, variant with it on, variant with it off)
     ("group_by_length", "lora", "lora-no-group"),
     ("bf16 autocast (vs fp32)", "lora", "lora-fp32"),
     ("SDPA attention (vs eager)", "lora", "lora-eager"),
     ("activation checkpointing", "lora-ckpt", "lora"),
+    ("keep freed memory (glibc mallopt)", "lora", "lora-malloc"),
+    ("padding-free, random order (vs length-grouped)", "lora-padding-free", "lora"),
+    ("padding-free, random order (vs padded, random order)", "lora-padding-free", "lora-no-group"),
 ]
 CHOICES = [*VARIANTS, "matmul-peak"]
 TARGETS = [("ours full >= 2x baseline (same method)", "full", 2.0), ("ours LoRA >= 3x baseline full", "lora", 3.0)]
@@ -101,7 +106,8 @@ class Counting:
     def __call__(self, features):
         batch = self.collator(features)
         self.rows.append(len(features))
-        self.real.append(int(batch["attention_mask"].sum()))
+        mask = batch.get("attention_mask")  # padding-free batches have none: every token is real
+        self.real.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
         self.padded.append(batch["input_ids"].numel())
         return batch
 
@@ -132,11 +138,15 @@ def baseline_trainer(model_dir: Path, tokenizer, pairs: list[dict], steps: int, 
 def our_trainer(spec: dict, model_dir: Path, tokenizer, pairs: list[dict], steps: int, out: str):
     from transformers import AutoModelForCausalLM
 
+    from peft_gpt2 import trainer
     from peft_gpt2.config import DataConfig, Recipe, TrainSettings
     from peft_gpt2.models import load_base
-    from peft_gpt2.train import make_trainer, resolve_precision
+    from peft_gpt2.trainer import make_trainer, resolve_precision
 
-    knobs = {k: v for k, v in spec.items() if k in ("group_by_length", "precision", "activation_checkpointing")}
+    if spec.get("keep_freed_memory") is False:
+        trainer.keep_freed_memory = lambda: False
+
+    knobs = {k: v for k, v in spec.items() if k in TrainSettings.__dataclass_fields__}
     train = TrainSettings(per_device_train_batch_size=BATCH, max_steps=steps, logging_steps=steps, seed=SEED, **knobs)
     recipe = Recipe(
         name="train-speed", method=spec["method"], data=DataConfig(path=str(ALPACA), max_length=MAX_LEN), train=train
@@ -297,8 +307,9 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str) -> 
         "Tokens = non-padding tokens of the batches actually fed (attention-mask sum), so padding counts as waste; "
         "`tokens_all` in the JSON (every step) is the same for all variants when each runs one full epoch. The "
         "baseline's collator masks pad = eos, so it never learns to stop (a correctness difference, not a speed one). "
-        "Packing / padding-free was not run: with SDPA or eager attention TRL's padding-free lets examples attend to "
-        "each other; it is only correct with FlashAttention (varlen). Run a whole epoch (the default, `--steps 0`) "
+        "Padding-free batches are one row per batch; with SDPA they are exact here because transformers 5 builds a "
+        "block-diagonal mask from the restarting position ids when no cache is passed (checked before training, "
+        "and in tests/test_train.py). Run a whole epoch (the default, `--steps 0`) "
         "for the fairest numbers: length grouping sorts each megabatch longest-first, so a partial epoch feeds the "
         "grouped variants a longer-than-average subset (see tokens/example). Variants run one after another, "
         "so a machine that is busy with anything else skews the ratios.",

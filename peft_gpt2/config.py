@@ -117,6 +117,7 @@ class TrainSettings:
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, bf16 autocast on a CPU that has it) | fp32 | bf16 | fp16
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     group_by_length: bool = True  # batch examples of similar length: less padding, same loss
+    padding_free: bool = False  # each batch as one row, no padding; refused if attention would mix examples
 
     def __post_init__(self) -> None:
         _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")

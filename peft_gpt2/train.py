@@ -33,102 +33,9 @@ from peft_gpt2.folders import publish_folder
 from peft_gpt2.training_data import training_data
 
 if TYPE_CHECKING:
-    from peft import LoraConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-    from trl import SFTConfig
 
 PACKAGES = ("peft-gpt2", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
-
-
-def default_targets(model: PreTrainedModel) -> list[str]:
-    """PEFT's per-architecture LoRA targets (GPT-2: ``c_attn``; Llama: ``q_proj``, ``v_proj``)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
-
-    model_type = model.config.model_type
-    if model_type not in TARGETS:
-        raise PeftGpt2Error(f"no default LoRA targets for model type {model_type!r}: set lora.target_modules")
-    return list(TARGETS[model_type])
-
-
-def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
-    """``recipe.lora`` -> ``LoraConfig``, with ``fan_in_fan_out`` set when the targets are GPT-2's Conv1D."""
-    from peft import LoraConfig
-    from transformers.pytorch_utils import Conv1D
-
-    targets = recipe.lora.target_modules or default_targets(model)
-    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
-    if not matched:
-        raise PeftGpt2Error(
-            f"lora.target_modules {targets} match no module of {model.config.model_type}; leaf names include "
-            f"{sorted({n.split('.')[-1] for n, _ in model.named_modules() if n})[:12]}"
-        )
-    conv1d = {isinstance(m, Conv1D) for m in matched}
-    if len(conv1d) > 1:
-        raise PeftGpt2Error(f"lora.target_modules {targets} mix Conv1D and Linear layers; target one kind")
-    return LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.lora_alpha,
-        lora_dropout=recipe.lora.lora_dropout,
-        target_modules=targets,
-        bias=recipe.lora.bias,
-        fan_in_fan_out=conv1d.pop(),
-        task_type="CAUSAL_LM",
-    )
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16 (or fp16) on CUDA, bf16 autocast on a CPU with bf16 support, else fp32."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    cpu_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if precision == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_bf16 else "fp32"
-    if precision == "fp16" and not cuda:
-        raise PeftGpt2Error("train.precision fp16 needs a CUDA GPU; on CPU use bf16 (if supported) or fp32")
-    if precision == "bf16" and not (torch.cuda.is_bf16_supported() if cuda else cpu_bf16):
-        raise PeftGpt2Error("train.precision bf16 is not supported on this device; use auto or fp32")
-    return precision
-
-
-def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
-    """``recipe.train`` + ``recipe.data.max_length`` -> ``SFTConfig`` (same key names)."""
-    import torch
-    from trl import SFTConfig
-
-    t = recipe.train
-    return SFTConfig(
-        output_dir=str(output_dir),
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        seed=t.seed,
-        data_seed=t.seed,
-        activation_checkpointing=t.activation_checkpointing,
-        eval_strategy="steps" if t.eval_steps else "no",
-        eval_steps=t.eval_steps,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        max_length=recipe.data.max_length,
-        completion_only_loss=recipe.data.format == "instructions",
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        logging_nan_inf_filter=False,  # the default hides nan/inf losses from the log; we stop on them
-        report_to="none",
-    )
 
 
 def _versions() -> dict[str, str]:
@@ -153,30 +60,6 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def make_trainer(
-    recipe: Recipe,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    train_rows: list[dict],
-    val_rows: list[dict],
-    output_dir: Path,
-    precision: str,
-):
-    """TRL's ``SFTTrainer``: on ``{"prompt", "completion"}`` pairs the loss is on the completion and its eos
-    only; on ``{"input_ids"}`` blocks (a text corpus) it is on every token."""
-    import datasets
-    from trl import SFTTrainer
-
-    return SFTTrainer(
-        model=model,
-        args=sft_config(recipe, output_dir, precision),
-        train_dataset=datasets.Dataset.from_list(train_rows),
-        eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(recipe, model) if recipe.method != "full" else None,
-    )
 
 
 @dataclass
@@ -209,8 +92,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     out = check_output(recipe, overwrite)
     resume_from = check_checkpoints(recipe, resume, overwrite)
     ckpt = checkpoint_dir(recipe)
-    precision = resolve_precision(recipe.train.precision)
     from peft_gpt2.models import config_fingerprint, load_base, load_tokenizer
+    from peft_gpt2.trainer import make_trainer, resolve_precision
+
+    precision = resolve_precision(recipe.train.precision)
 
     tokenizer = load_tokenizer(recipe.model.name)
     data = training_data(recipe, tokenizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -14,7 +15,8 @@ from peft_gpt2.cli import main
 from peft_gpt2.config import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.prompts import TEMPLATES
-from peft_gpt2.train import lora_config, make_trainer, train
+from peft_gpt2.train import train
+from peft_gpt2.trainer import lora_config, make_trainer
 from peft_gpt2.training_data import tokenized_pairs
 
 
@@ -70,6 +72,91 @@ def test_prompt_masked_completion_and_final_eos_learned(tmp_path, tiny, tiny_pat
         n = len(row["input_ids"])
         assert labels[:n].tolist() == row["labels"]  # the final eos keeps its label
         assert (labels[n:] == -100).all() and (mask[n:] == 0).all()  # padding carries none
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_cpu_loss_equals_trl_fused_loss_and_a_hand_loss(tmp_path, tiny_path, method):
+    """Off CUDA our trainer takes the model's own loss instead of TRL's fused LM head: same value and
+    gradients, and both equal completion-token NLL summed over the batch / its label count."""
+    from trl import SFTTrainer
+
+    from peft_gpt2.models import load_base
+
+    model, tokenizer = load_base(tiny_path)
+    recipe = make_recipe(tmp_path, tiny_path, f"method={method}")
+    pairs = [TEMPLATES["short"].render(r) for r in addition_records(6)]
+    pairs[0]["completion"] = "a much longer answer than the others, so the batch is padded"
+    trainer = make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    n_labels = int((batch["labels"][:, 1:] != -100).sum())
+    model = trainer.model.eval()  # no dropout: both losses see the same network
+
+    def loss_and_grads(compute_loss) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = compute_loss(trainer, model, dict(batch), num_items_in_batch=torch.tensor(n_labels))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    ours, ours_grads = loss_and_grads(type(trainer).compute_loss)
+    trl, trl_grads = loss_and_grads(SFTTrainer.compute_loss)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        hand = -torch.log_softmax(logits[keep].double(), -1).gather(-1, labels[keep][:, None]).sum() / n_labels
+    assert ours == pytest.approx(trl, rel=1e-5) and ours == pytest.approx(hand.item(), rel=1e-5)
+    for a, b in zip(ours_grads, trl_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def per_example_nll(model, batch) -> list[float]:
+    """Summed completion NLL of each example, whether the batch is padded rows or one padding-free row."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(**inputs, use_cache=False).logits.double(), -1)
+    labels = batch["labels"][:, 1:]
+    nll = -logprobs[:, :-1].gather(-1, labels.clamp(min=0)[..., None])[..., 0] * (labels != -100)
+    if "position_ids" not in batch:
+        return nll.sum(1).tolist()
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
+    # the token before each start predicts the next example's first token: TRL masks that label
+    return [nll[0, a : b - 1].sum().item() for a, b in itertools.pairwise(starts)]
+
+
+def test_padding_free_batches_keep_examples_apart(tmp_path, tiny_path):
+    """Padding-free (one row, no padding) gives each example the loss it has in a padded batch, and the
+    same batch loss; with a mask that lets examples see each other, the recipe is refused."""
+    import transformers.masking_utils
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from peft_gpt2.models import load_base
+
+    model, tokenizer = load_base(tiny_path)
+    recipe = make_recipe(tmp_path, tiny_path, "method=full", "train.padding_free=true")
+    pairs = [TEMPLATES["short"].render(r) for r in addition_records(5)]
+    pairs[1]["completion"] = "a longer answer than the others, so the padded batch has padding"
+    trainer = make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+    rows = [trainer.train_dataset[i] for i in range(len(pairs))]
+    packed = trainer.data_collator(rows)
+    padded = DataCollatorForLanguageModeling(tokenizer.pad_token_id)(rows)
+    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows))  # no padding at all
+    model = trainer.model.eval()
+    torch.testing.assert_close(per_example_nll(model, packed), per_example_nll(model, padded), rtol=1e-6, atol=1e-6)
+    n = torch.tensor(int((padded["labels"][:, 1:] != -100).sum()))
+    with torch.no_grad():
+        losses = [trainer.compute_loss(model, dict(b), num_items_in_batch=n).item() for b in (packed, padded)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+    # The same check refuses attention that crosses example boundaries (as without transformers 5's
+    # packed-sequence mask).
+    def no_packing_detected(position_ids):
+        return None
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.masking_utils, "find_packed_sequence_indices", no_packing_detected)
+        model, tokenizer = load_base(tiny_path)
+        with pytest.raises(PeftGpt2Error, match="padding_free.*attend to each other"):
+            make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
 
 
 def test_shifted_mask_is_an_error(gpt2_tokenizer):

@@ -1,0 +1,214 @@
+"""How a recipe becomes TRL's ``SFTTrainer``: LoRA config, ``SFTConfig``, precision, and the loss.
+
+Recipe keys are the library's keyword names (``lora.r`` -> ``LoraConfig(r=)``, ``train.*`` -> ``SFTConfig``),
+so this module is mostly a straight mapping. The one behaviour we change is where TRL's loss is slow: see
+``CompletionTrainer``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import Trainer
+from trl import SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from peft_gpt2.config import Recipe
+from peft_gpt2.errors import PeftGpt2Error
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from trl import SFTConfig
+
+
+def default_targets(model: PreTrainedModel) -> list[str]:
+    """PEFT's per-architecture LoRA targets (GPT-2: ``c_attn``; Llama: ``q_proj``, ``v_proj``)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+
+    model_type = model.config.model_type
+    if model_type not in TARGETS:
+        raise PeftGpt2Error(f"no default LoRA targets for model type {model_type!r}: set lora.target_modules")
+    return list(TARGETS[model_type])
+
+
+def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
+    """``recipe.lora`` -> ``LoraConfig``, with ``fan_in_fan_out`` set when the targets are GPT-2's Conv1D."""
+    from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
+
+    targets = recipe.lora.target_modules or default_targets(model)
+    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
+    if not matched:
+        raise PeftGpt2Error(
+            f"lora.target_modules {targets} match no module of {model.config.model_type}; leaf names include "
+            f"{sorted({n.split('.')[-1] for n, _ in model.named_modules() if n})[:12]}"
+        )
+    conv1d = {isinstance(m, Conv1D) for m in matched}
+    if len(conv1d) > 1:
+        raise PeftGpt2Error(f"lora.target_modules {targets} mix Conv1D and Linear layers; target one kind")
+    return LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.lora_alpha,
+        lora_dropout=recipe.lora.lora_dropout,
+        target_modules=targets,
+        bias=recipe.lora.bias,
+        fan_in_fan_out=conv1d.pop(),
+        task_type="CAUSAL_LM",
+    )
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> bf16 (or fp16) on CUDA, bf16 autocast on a CPU with bf16 support, else fp32."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    cpu_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_bf16 else "fp32"
+    if precision == "fp16" and not cuda:
+        raise PeftGpt2Error("train.precision fp16 needs a CUDA GPU; on CPU use bf16 (if supported) or fp32")
+    if precision == "bf16" and not (torch.cuda.is_bf16_supported() if cuda else cpu_bf16):
+        raise PeftGpt2Error("train.precision bf16 is not supported on this device; use auto or fp32")
+    return precision
+
+
+def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
+    """``recipe.train`` + ``recipe.data.max_length`` -> ``SFTConfig`` (same key names)."""
+    import torch
+    from trl import SFTConfig
+
+    t = recipe.train
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        activation_checkpointing=t.activation_checkpointing,
+        eval_strategy="steps" if t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        max_length=recipe.data.max_length,
+        completion_only_loss=recipe.data.format == "instructions",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        logging_nan_inf_filter=False,  # the default hides nan/inf losses from the log; we stop on them
+        report_to="none",
+    )
+
+
+class CompletionTrainer(SFTTrainer):
+    """``SFTTrainer`` that, off CUDA/XPU, takes the model's own cross-entropy instead of TRL's fused LM head.
+
+    TRL 1.16 computes the loss with a chunked log-prob kernel that pays off with Triton (it scores only the
+    label positions and never holds the logits). Without Triton it scores every position, prompt and padding
+    included, in float32 tile by tile, and recomputes the logits in backward: a GPT-2 small LoRA step on a
+    2-core CPU takes 1.87 s that way and 1.28 s with the model's own loss (bf16 autocast). Both are the sum of
+    the completion tokens' negative log-likelihood over the batch's token count (tests/test_trainer.py).
+    What the CPU path does not log: TRL's per-step ``entropy`` and ``mean_token_accuracy``.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.device.type in ("cuda", "xpu"):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+
+def keep_freed_memory() -> bool:
+    """On glibc Linux, make ``free`` keep memory in the process instead of returning it to the OS.
+
+    A CPU training step allocates and frees the same large buffers every step (logits alone are
+    tokens x 50257 floats); glibc serves allocations over 32 MB with fresh ``mmap`` pages, so each step
+    pays page faults and zeroing again. Keeping them (what jemalloc/tcmalloc setups do for PyTorch on
+    CPU) made a GPT-2 small LoRA step 1.26x faster on a 2-core CPU, for 1.19x the peak memory
+    (``bench/train_speed.py``, lever "keep freed memory"). Returns whether it applied.
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def make_trainer(
+    recipe: Recipe,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    output_dir: Path,
+    precision: str,
+):
+    """TRL's ``SFTTrainer``: on ``{"prompt", "completion"}`` pairs the loss is on the completion and its eos
+    only; on ``{"input_ids"}`` blocks (a text corpus) it is on every token."""
+    import datasets
+    import torch
+
+    if not torch.cuda.is_available():
+        keep_freed_memory()
+    trainer = CompletionTrainer(
+        model=model,
+        args=sft_config(recipe, output_dir, precision),
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe, model) if recipe.method != "full" else None,
+    )
+    if recipe.train.padding_free:
+        # TRL refuses padding_free with max_length set although it truncates the rows first; its own
+        # padding-free collator on the truncated rows is the same thing.
+        trainer.data_collator = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)
+        check_examples_kept_apart(trainer.model, trainer.data_collator)
+    return trainer
+
+
+def check_examples_kept_apart(model: PreTrainedModel, collator: DataCollatorForLanguageModeling) -> None:
+    """Refuse padding-free batches unless attention keeps the concatenated examples apart.
+
+    A padding-free batch is one row of examples end to end with restarting ``position_ids``.
+    FlashAttention (varlen) and, since transformers 5, SDPA/eager with ``use_cache=False`` mask across the
+    boundaries; other attention code lets each example see the ones before it and trains on it silently
+    (../shared/PITFALLS.md). So: two examples, packed vs alone, must give the same logits.
+    """
+    import torch
+
+    first, second = [[11, 12, 13], [21, 22, 23, 24]]
+    packed = collator([{"input_ids": first}, {"input_ids": second}])
+    packed = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in packed.items() if k != "labels"}
+    alone = torch.tensor([second], device=model.device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            together = model(**packed, use_cache=False).logits[0, len(first) :].float()
+            apart = model(input_ids=alone, use_cache=False).logits[0].float()
+    finally:
+        model.train(training)
+    if not torch.allclose(together, apart, rtol=1e-2, atol=1e-2):
+        attn = model.config._attn_implementation
+        raise PeftGpt2Error(
+            f"train.padding_free: with {attn!r} attention, examples in a padding-free batch attend to each other "
+            f"(max logit difference {(together - apart).abs().max():.3g}); set train.padding_free: false, or use "
+            "attn_implementation flash_attention_2 on a GPU"
+        )
