@@ -1,4 +1,4 @@
-"""Adapter inference costs on CPU: swap latency, and merged vs unmerged generation speed.
+"""Adapter inference costs on CPU: swap latency, merged vs unmerged speed, mixed-adapter batches.
 
     python bench/adapters.py --model tiny-gpt2
     python bench/adapters.py --model smollm2-135m
@@ -6,7 +6,9 @@
 Two LoRA adapters (random, non-zero updates on the architecture's default targets) are attached to one
 base. Swap: PEFT's ``set_adapter`` between them (what ``AdapterSet.generate`` runs), median of many.
 Speed: greedy tokens/s of the same batch with the adapter unmerged (LoRA computed beside each layer)
-and merged into the weights.
+and merged into the weights. Mixed: requests for adapters a, b and the base, answered as one mixed-adapter
+batch (``AdapterSet.generate(adapters=[...])``, PEFT's per-row routing) vs one call per adapter vs one call
+per request; answers must be identical.
 Results: bench/results/adapters-<model>.json.
 """
 
@@ -69,6 +71,37 @@ def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats:
         model.generation_config.eos_token_id = eos
 
 
+def mixed_vs_serial(m, prompts: list[str], new_tokens: int) -> dict:
+    """Seconds for the same requests (adapters a, b, base in turn) as one mixed batch, one call per adapter,
+    and one call per request; and whether all three give the same answers."""
+    from peft_gpt2.generation import GenerationSettings
+
+    names = [("a", "b", None)[i % 3] for i in range(len(prompts))]
+    settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=len(prompts))
+    m.generate(prompts[:3], adapters=names[:3], settings=settings, raw=True)  # warm-up
+
+    def timed(calls: list[list[int]]) -> tuple[float, list[str]]:
+        answers: dict[int, str] = {}
+        start = time.perf_counter()
+        for rows in calls:
+            out = m.generate([prompts[i] for i in rows], adapters=[names[i] for i in rows], settings=settings, raw=True)
+            answers.update(zip(rows, out, strict=True))
+        return time.perf_counter() - start, [answers[i] for i in range(len(prompts))]
+
+    mixed_s, mixed = timed([list(range(len(prompts)))])
+    per_adapter_s, per_adapter = timed([[i for i, n in enumerate(names) if n == a] for a in ("a", "b", None)])
+    per_request_s, per_request = timed([[i] for i in range(len(prompts))])
+    return {
+        "requests": len(prompts),
+        "mixed_batch_s": round(mixed_s, 3),
+        "per_adapter_calls_s": round(per_adapter_s, 3),
+        "per_request_calls_s": round(per_request_s, 3),
+        "per_adapter_over_mixed": round(per_adapter_s / mixed_s, 2),
+        "per_request_over_mixed": round(per_request_s / mixed_s, 2),
+        "identical_answers": mixed == per_adapter == per_request,
+    }
+
+
 def main() -> None:
     from peft_gpt2.adapters import AdapterSet
     from peft_gpt2.models import load_base
@@ -78,6 +111,7 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=500)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--mixed", type=int, default=24, help="requests in the mixed-adapter comparison")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
@@ -93,6 +127,7 @@ def main() -> None:
             m.model.set_adapter("a" if i % 2 else "b", inference_mode=True)
             swaps.append(time.perf_counter() - start)
         prompts = ["Sherlock Holmes took his bottle from the corner of the mantel-piece"] * args.batch
+        mixed = mixed_vs_serial(m, [f"{i}. {prompts[0]}" for i in range(args.mixed)], args.new_tokens)
         m.model.set_adapter("a", inference_mode=True)
         unmerged = tokens_per_s(m.model, tok, prompts, args.new_tokens)
         merged_model = copy.deepcopy(m.model).merge_and_unload()  # the weights with the update folded in
@@ -107,6 +142,7 @@ def main() -> None:
         "merged_tokens_per_s": round(merged, 1),
         "merged_over_unmerged": round(merged / unmerged, 2),
         "batch": args.batch,
+        "mixed_adapters": mixed,
         "new_tokens": args.new_tokens,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "command": f"python bench/adapters.py --model {args.model}",

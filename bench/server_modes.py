@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the server (0: torch's default)")
+    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     paths = adapters()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
@@ -116,15 +117,27 @@ def main() -> None:
             proc.wait(30)
     print(f"\n{args.max_tokens} tokens each, {args.repeats} repeats (medians; req/s range in brackets)")
     print("mode    N   req/s  [min-max]      p50 ms  p95 ms")
+    summary = []
     for n in args.concurrency:
         for mode in args.modes:
             rs = [r for r in rows if r["mode"] == mode and r["n"] == n]
             med = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p95")}
             lo, hi = min(r["rps"] for r in rs), max(r["rps"] for r in rs)
+            summary.append({"mode": mode, "n": n, **{k: round(v, 3) for k, v in med.items()}})
             print(
                 f"{mode:6} {n:4} {med['rps']:6.1f}  [{lo:5.1f}-{hi:5.1f}]  "
                 f"{med['p50'] * 1000:7.0f} {med['p95'] * 1000:7.0f}"
             )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": "python bench/server_modes.py " + " ".join(sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPUs, server threads {args.threads or 'default'}",
+        "max_tokens": args.max_tokens,
+        "medians": summary,
+        "runs": rows,
+    }
+    (out / "server_modes.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...], vo
     return StopStringCriteria(tokenizer, list(stop))
 
 
-def _cut(text: str, stop: list[str]) -> str:
+def cut_at_stop(text: str, stop: list[str]) -> str:
     """The text before the first stop string, without surrounding whitespace."""
     end = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
     return text[:end].strip()
@@ -153,7 +153,7 @@ def generate(
                 out = model.generate(**batch, **kwargs, **extra)
             for i, row in zip(idx, out[:, width:].tolist(), strict=True):
                 row = row[: next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
-                results[i] = _cut(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
+                results[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
     finally:
         model.train(was_training)
     return results

@@ -172,10 +172,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename. One writer:
-        #    under torchrun / accelerate launch only the main process writes, the others wait for it.
+        #    under torchrun / accelerate launch only the main process writes, the others wait for it. Every
+        #    process calls save_model (FSDP gathers the sharded weights there); only the main one writes.
+        stage = work / "out"
+        trainer.save_model(str(stage))
         if trainer.is_world_process_zero():
-            stage = work / "out"
-            trainer.save_model(str(stage))
             (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
             tokenizer.save_pretrained(stage)
             (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
