@@ -1,7 +1,8 @@
 """Our training (``make_trainer``) vs a hand-written HF ``Trainer`` fine-tune, measured in the same run.
 
     python bench/train_speed.py                      # GPT-2 small, 400 Alpaca examples, one epoch per variant
-    python bench/train_speed.py --tiny --steps 3 --examples 40 --variants baseline,lora   # smoke test
+    python bench/train_speed.py --size tiny --steps 3 --examples 40 --variants baseline,lora   # smoke test
+    python bench/train_speed.py --size medium --variants full,lora-8bit   # on a GPU: LoRA-8bit vs full memory
 
 Baseline, as people write it by hand: ``Trainer`` + ``DataCollatorForLanguageModeling(mlm=False)`` on
 prompt+response+eos, padded to the longest in the batch, loss on every token, fp32, random sampler, full
@@ -33,6 +34,11 @@ from pathlib import Path
 import torch
 
 BATCH, MAX_LEN, SEED = 5, 256, 42
+SIZES = {  # GPT2Config fields
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4},
+    "small": {},
+    "medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
+}
 ALPACA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_5000.json"
 VARIANTS: dict[str, dict] = {  # name -> what differs from our LoRA defaults
     "baseline": {"method": "hand-written"},
@@ -87,7 +93,7 @@ def load_pairs(n: int, tokenizer) -> tuple[list[dict], str]:
     return tokenized_pairs(pairs, tokenizer, MAX_LEN, "truncate", "train")[0], source
 
 
-def build_model_dir(tiny: bool, folder: Path) -> None:
+def build_model_dir(size: str, folder: Path) -> None:
     """Random-init GPT-2 (small, or 2 layers x 64 wide) with a fixed seed, saved once for every variant."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -95,7 +101,7 @@ def build_model_dir(tiny: bool, folder: Path) -> None:
 
     tokenizer = load_tokenizer("tiny-gpt2")  # the real GPT-2 BPE, offline; pad = eos
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4) if tiny else GPT2Config()
+    config = GPT2Config(**SIZES[size])
     config.pad_token_id = tokenizer.pad_token_id
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -180,7 +186,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
 
     if name == "matmul-peak":
-        return matmul_peak(512 if args.tiny else 2048)
+        return matmul_peak(512 if args.size == "tiny" else 2048)
     spec = VARIANTS[name]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     pairs, source = load_pairs(args.examples, tokenizer)
@@ -260,7 +266,7 @@ def child(name: str, args: argparse.Namespace) -> dict:
     flags = ["--examples", str(args.examples), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd = [sys.executable, __file__, "--variant", name, "--model-dir", str(args.model_dir), "--json", *flags]
     start = time.perf_counter()
-    proc = subprocess.run(cmd + (["--tiny"] if args.tiny else []), capture_output=True, text=True)
+    proc = subprocess.run([*cmd, "--size", args.size], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith('{"variant"')]
     if proc.returncode or not lines:
         return {"variant": name, "error": ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]}
@@ -274,7 +280,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str) -> 
     lines = [
         "# Training speed: ours vs a hand-written Trainer fine-tune (same run)\n",
         f"`{command}`\n",
-        f"Machine: {machine()}. Model: GPT-2 {'tiny (2 layers x 64)' if args.tiny else 'small'}, random init, same "
+        f"Machine: {machine()}. Model: GPT-2 {args.size} architecture, random init, same "
         f"weights for every variant; batch {BATCH}, max length {MAX_LEN}; the first {args.warmup} steps not timed.\n",
         "| variant | method | precision | attn | sampler | tokens/s | step s | padding | tokens/example | peak MB "
         "| vs baseline |",
@@ -330,7 +336,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=400)
     parser.add_argument("--steps", type=int, default=0, help="steps per variant (0: one epoch over the examples)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing (>= 1)")
-    parser.add_argument("--tiny", action="store_true", help="2 layers x 64 wide instead of GPT-2 small")
+    parser.add_argument("--size", choices=SIZES, default="small", help="GPT-2 architecture (tiny: smoke tests)")
     parser.add_argument("--variants", default=",".join(CHOICES), help=f"comma-separated, from {', '.join(CHOICES)}")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--variant", choices=CHOICES, help="run one variant in this process (what the parent calls)")
@@ -343,7 +349,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as model_dir:
         if args.model_dir is None and args.variant != "matmul-peak":
             args.model_dir = Path(model_dir)
-            build_model_dir(args.tiny, args.model_dir)
+            build_model_dir(args.size, args.model_dir)
         if args.variant:
             result = run_variant(args.variant, args)
             print(json.dumps(result) if args.json else json.dumps(result, indent=2))

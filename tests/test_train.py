@@ -334,3 +334,12 @@ def test_8bit_without_bitsandbytes_names_the_install(tmp_path, tiny_path, capsys
     assert main(["train", str(tmp_path / "toy.yaml"), "--set", "method=lora-8bit"]) == 2
     assert "pip install 'peft-gpt2[8bit]'" in capsys.readouterr().err
     assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
+
+
+def test_allocator_settings_of_the_user_are_left_alone(monkeypatch):
+    from peft_gpt2.trainer import keep_freed_memory
+
+    for key in ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_ARENA_MAX"):
+        with monkeypatch.context() as m:
+            m.setenv(key, "x")
+            assert keep_freed_memory() is False
