@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import resource
 import shutil
@@ -99,7 +100,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
 
     tokenizer = load_tokenizer(recipe.model.name)
     data = training_data(recipe, tokenizer)
-    print(f"data: {json.dumps(data.stats)}", flush=True)
+    say(f"data: {json.dumps(data.stats)}")
 
     # 2. Model and trainer.
     model, tokenizer = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
@@ -119,10 +120,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             _mkdir(ckpt)
             (ckpt / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
         trainable, total = count_parameters(trainer.model)
-        print(
+        say(
             f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
-            f"({100 * trainable / total:.3f}%), precision {precision}",
-            flush=True,
+            f"({100 * trainable / total:.3f}%), precision {precision}"
         )
 
         # 3. Train, with validation loss before and after (token-weighted over the whole split; TRL's
@@ -135,15 +135,14 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         val_before = validation_loss()
         start = time.perf_counter()
         if resume_from:
-            print(f"resuming from {resume_from}", flush=True)
+            say(f"resuming from {resume_from}")
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - start
         val_after = validation_loss()
         if val_before is not None:
-            print(
+            say(
                 f"validation loss: {val_before:.4f} -> {val_after:.4f} "
-                f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})",
-                flush=True,
+                f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})"
             )
 
         provenance = {
@@ -189,8 +188,14 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         trainer.accelerator.wait_for_everyone()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
+    say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}")
     return TrainRun(out, provenance, trainer.model.eval(), tokenizer)
+
+
+def say(message: str) -> None:
+    """Print once: under torchrun / accelerate launch only the process with RANK 0 reports."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
 
 
 def _mkdir(path: Path) -> Path:
