@@ -51,7 +51,7 @@ def main() -> None:
     pipe_kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "return_full_text": False}
     pipe(prompts[0], **pipe_kwargs)  # warm-up
     start = time.perf_counter()
-    pipe_answers = [cut_at_stop(pipe(p, **pipe_kwargs)[0]["generated_text"], batched.stop).strip() for p in prompts]
+    pipe_answers = [cut_at_stop(pipe(p, **pipe_kwargs)[0]["generated_text"], batched.stop) for p in prompts]
     pipe_s = time.perf_counter() - start
     start = time.perf_counter()
     loop_answers = [generate(model, tokenizer, [p], single)[0] for p in prompts]
@@ -61,7 +61,7 @@ def main() -> None:
     batch_s = time.perf_counter() - start
 
     same = sum(a == b for a, b in zip(loop_answers, batch_answers, strict=True))
-    pipe_same = sum(a == b.strip() for a, b in zip(pipe_answers, batch_answers, strict=True))
+    pipe_same = sum(a == b for a, b in zip(pipe_answers, batch_answers, strict=True))
     result = {
         "model": args.model,
         "questions": len(prompts),

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -175,15 +174,11 @@ def our_trainer(spec: dict, model_dir: Path, tokenizer, pairs: list[dict], steps
     return make_trainer(recipe, model, tokenizer, pairs, [], Path(out), resolve_precision(train.precision))
 
 
-def peak_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """One variant, in this (fresh) process."""
     from transformers import AutoTokenizer, TrainerCallback
+
+    from peft_gpt2.train import peak_memory_mb
 
     if name == "matmul-peak":
         return matmul_peak(512 if args.size == "tiny" else 2048)
@@ -229,7 +224,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         "tokens_per_s": round(real / seconds, 1),
         "step_s": round(seconds / (n - w), 3),
         "step_s_median": round(statistics.median(step_times), 3),
-        "peak_mb": round(peak_mb(), 1),
+        "peak_mb": round(peak_memory_mb(), 1),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "params": sum(p.numel() for p in model.parameters()),
         "train_loss": round(result.training_loss, 4),

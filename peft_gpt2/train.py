@@ -47,7 +47,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated (CUDA) or peak process RSS (CPU), in MiB."""
     import torch
 
     if torch.cuda.is_available():
@@ -162,7 +163,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             "train_loss": result.training_loss,
             "validation_loss_before": val_before,
             "validation_loss_after": val_after,
-            "peak_memory_mb": round(_peak_memory_mb(), 1),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
             "device": str(trainer.args.device),
             "processes": trainer.args.world_size,
             "data": data.stats,
