@@ -9,7 +9,7 @@ __all__ = ["AdapterSet", "PeftGpt2Error", "evaluate_model", "load_base", "load_t
 def __getattr__(name: str):
     """Import the heavier pieces on first use, so ``peft-gpt2 --help`` stays instant."""
     if name == "AdapterSet":
-        from peft_gpt2.adapters import AdapterSet
+        from peft_gpt2.adapter_set import AdapterSet
 
         return AdapterSet
     if name == "evaluate_model":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from peft_gpt2.adapters import AdapterSet
+from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 
@@ -61,7 +61,7 @@ def run_chat(
             continue
         if not line.startswith("/"):
             try:
-                print_fn(adapter_set.generate([line], settings=settings)[0] or "(empty answer)")
+                print_fn(adapter_set.generate([line], settings=settings)[0].text or "(empty answer)")
                 answers += 1
             except KeyboardInterrupt:  # Ctrl-C stops a long answer, not the chat
                 print_fn("(interrupted)")

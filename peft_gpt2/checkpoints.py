@@ -11,9 +11,11 @@ import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
-from peft_gpt2.config import Recipe, dump_recipe
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.recipe import Recipe, dump_recipe
+from peft_gpt2.run_folder import RECIPE
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -21,26 +23,32 @@ def checkpoint_dir(recipe: Recipe) -> Path:
     return Path(recipe.output_dir) / f".{recipe.name}.checkpoints"
 
 
-def check_checkpoints(recipe: Recipe, resume: bool, overwrite: bool) -> Path | None:
-    """``--resume`` needs checkpoints of the same recipe; a fresh run must not silently discard them."""
+def resume_point(recipe: Recipe, *, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint ``--resume`` continues from (``None`` for a fresh run); reads, never deletes.
+
+    ``--resume`` needs checkpoints of the same recipe; a fresh run must not silently discard them, so it is refused
+    while checkpoints exist unless ``--overwrite`` (then ``discard_checkpoints`` removes them).
+    """
     ckpt = checkpoint_dir(recipe)
-    found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
     if resume:
-        if not found:
+        if last is None:
             raise PeftGpt2Error(f"--resume: no checkpoint in {ckpt}; set train.save_steps to write checkpoints")
-        saved = (ckpt / "recipe.yaml").read_text(encoding="utf-8") if (ckpt / "recipe.yaml").exists() else None
-        if saved is not None and saved != dump_recipe(recipe):
-            raise PeftGpt2Error(
-                f"--resume: the recipe differs from the one in {ckpt}/recipe.yaml; resume with that one"
-            )
-        return found[-1]
-    if found and not overwrite:
+        saved = ckpt / RECIPE
+        if saved.exists() and saved.read_text(encoding="utf-8") != dump_recipe(recipe):
+            raise PeftGpt2Error(f"--resume: the recipe differs from the one in {saved}; resume with that one")
+        return Path(last)
+    if last is not None and not overwrite:
         raise PeftGpt2Error(
-            f"{ckpt} holds checkpoints of an unfinished run ({found[-1].name}); pass --resume to continue it "
+            f"{ckpt} holds checkpoints of an unfinished run ({Path(last).name}); pass --resume to continue it "
             "or --overwrite to start over"
         )
-    shutil.rmtree(ckpt, ignore_errors=True)
     return None
+
+
+def discard_checkpoints(recipe: Recipe) -> None:
+    """Remove the run's checkpoints: when starting over (``--overwrite``), and once the run is published."""
+    shutil.rmtree(checkpoint_dir(recipe), ignore_errors=True)
 
 
 class StopOnNonFinite(TrainerCallback):
@@ -53,7 +61,7 @@ class StopOnNonFinite(TrainerCallback):
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
             if value is not None and not math.isfinite(value):
-                last = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+                last = get_last_checkpoint(str(self.checkpoints)) if self.checkpoints.is_dir() else None
                 hint = "lower train.learning_rate" + (" or use precision bf16/fp32" if self.precision == "fp16" else "")
-                kept = f"; last good checkpoint: {last[-1]} (--resume)" if last else ""
+                kept = f"; last good checkpoint: {last} (--resume)" if last else ""
                 raise PeftGpt2Error(f"training {key} became {value} at step {state.global_step}: {hint}{kept}")

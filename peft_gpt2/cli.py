@@ -25,7 +25,7 @@ def _quiet_loading_bars() -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from peft_gpt2.config import load_recipe
+    from peft_gpt2.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)  # fails fast, before the heavy imports
     _quiet_loading_bars()
@@ -53,14 +53,14 @@ def _eval(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from peft_gpt2.adapters import attach, base_of, folder_kind, read_provenance
+    from peft_gpt2.adapter_folder import base_of, folder_kind
     from peft_gpt2.compare import write_jsonl
     from peft_gpt2.evaluation import evaluate_model, load_eval_records
+    from peft_gpt2.run_folder import Provenance
 
     records, task = load_eval_records(args.data, args.task)  # bad data fails before any model loads
     records = records[: args.limit] if args.limit else records
     settings = _settings(args)
-    provenance = read_provenance(args.adapter) if args.adapter else {}
     if args.adapter and folder_kind(args.adapter, allow_pickle=args.allow_pickle) == "model":
         model_name, adapter = args.adapter, None  # a full fine-tune is a model folder
     else:
@@ -68,29 +68,20 @@ def _eval(args: argparse.Namespace) -> None:
     if model_name is None:
         raise PeftGpt2Error("eval needs --model, --adapter, or both")
     _quiet_loading_bars()
+    from peft_gpt2.adapter_set import AdapterSet
     from peft_gpt2.models import load_base
 
     model, tokenizer = load_base(model_name)
-    if adapter:
-        model = attach(model, adapter, "adapter", force=args.force, allow_pickle=args.allow_pickle)
-    template = args.template or provenance.get("template", "alpaca")
-    result = evaluate_model(model, tokenizer, records, template=template, settings=settings)
+    adapters = {"adapter": adapter} if adapter else {}
+    adapter_set = AdapterSet(model, tokenizer, adapters, force=args.force, allow_pickle=args.allow_pickle)
+    template = args.template or Provenance.read(args.adapter or model_name).template
+    with adapter_set.using("adapter" if adapter else None):
+        result = evaluate_model(adapter_set.model, tokenizer, records, template=template, settings=settings)
     label = Path(args.adapter).name if args.adapter else Path(model_name).name
     answers = Path(args.out) / f"{label}.{Path(args.data).stem}.answers.jsonl"
     write_jsonl(result["answers"], answers)
-    print(
-        json.dumps(
-            {
-                "model": model_name,
-                "adapter": adapter,
-                "data": args.data,
-                "task": task,
-                "answers": str(answers),
-                **result["metrics"],
-            },
-            indent=2,
-        )
-    )
+    summary = {"model": model_name, "adapter": adapter, "data": args.data, "task": task, "answers": str(answers)}
+    print(json.dumps({**summary, **result["metrics"]}, indent=2))
 
 
 def _compare(args: argparse.Namespace) -> None:

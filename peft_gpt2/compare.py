@@ -2,9 +2,9 @@
 
     peft-gpt2 compare adapters/alpaca-lora adapters/alpaca-full --data test --data data/sherlock_qa.json
 
-The base is loaded once; adapters are attached to it and swapped with ``set_adapter`` (the base row runs
-with adapters disabled), so every row sees the same base weights. Full fine-tunes are whole models and
-are loaded one at a time. Every row is scored by ``evaluate_model`` on the same records.
+The base is loaded once into an ``AdapterSet`` with every adapter trained on it, and each row is scored inside
+``using(adapter)`` (the base row with adapters disabled), so every row sees the same base weights. Full fine-tunes
+are whole models and are loaded one at a time. Every row is scored by ``evaluate_model`` on the same records.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft_gpt2.adapters import attach, disk_size_mb, folder_kind, read_provenance
+from peft_gpt2.adapter_folder import disk_size_mb, folder_kind
+from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation import evaluate_model, load_eval_records
-from peft_gpt2.folders import write_atomic
 from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.run_folder import Provenance, held_out_records, write_atomic
 
-TEST_SPLIT = "test"  # --data value meaning "the held-out split saved with the runs"
+TEST_DATA = "test"  # --data value meaning "the held-out split saved with the runs"
 
 
 @dataclass
@@ -30,12 +31,12 @@ class Run:
     label: str
     kind: str  # base | adapter | model
     path: Path | None
-    provenance: dict
+    provenance: Provenance
     base: str | None = None  # the model an adapter attaches to
 
     @property
     def method(self) -> str:
-        return "base" if self.kind == "base" else self.provenance.get("method", self.kind)
+        return "base" if self.kind == "base" else self.provenance.method or self.kind
 
 
 def plan_runs(paths: list[str], base: str | None = None) -> tuple[str, list[Run]]:
@@ -48,26 +49,26 @@ def plan_runs(paths: list[str], base: str | None = None) -> tuple[str, list[Run]
     for p in paths:
         path = Path(p)
         kind = folder_kind(path)
-        provenance = read_provenance(path)
-        run_base = provenance.get("base_model") or base
+        provenance = Provenance.read(path)
+        run_base = provenance.base_model or base
         if kind == "adapter" and not run_base:
             raise PeftGpt2Error(f"{path}: no base model recorded in peft_gpt2.json; pass --base")
-        runs.append(Run(provenance.get("name") or path.name, kind, path, provenance, run_base))
+        runs.append(Run(provenance.name or path.name, kind, path, provenance, run_base))
     base = base or next((r.base for r in runs if r.base), None)
     if base is None:
         raise PeftGpt2Error("no base model recorded in the runs' peft_gpt2.json; pass --base")
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels) or "base" in labels:
         raise PeftGpt2Error(f"run names must be unique and not 'base': {labels}")
-    return base, [Run("base", "base", None, {}, base), *runs]
+    return base, [Run("base", "base", None, Provenance(), base), *runs]
 
 
 def eval_sets(runs: list[Run], data: list[str], task: str | None, limit: int | None) -> list[tuple[str, list, str]]:
     """``(name, records, task)`` per data set; ``test`` is the runs' shared held-out split."""
     sets = []
     for source in data:
-        if source == TEST_SPLIT:
-            splits = {r.path / "test.json" for r in runs if r.path and (r.path / "test.json").exists()}
+        if source == TEST_DATA:
+            splits = {held_out_records(r.path) for r in runs if r.path and held_out_records(r.path)}
             if not splits:
                 raise PeftGpt2Error("--data test: none of the runs has a saved test.json; pass a data file")
             contents = {s.read_text(encoding="utf-8") for s in splits}
@@ -95,10 +96,10 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         **{k: metrics[k] for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
         "perplexity": metrics["perplexity"],
         "token_accuracy": metrics["token_accuracy"],
-        "trainable_parameters": p.get("trainable_parameters"),
+        "trainable_parameters": p.trainable_parameters,
         "adapter_size_mb": round(disk_size_mb(run.path), 2) if run.path else None,
-        "train_time_s": p.get("train_time_s"),
-        "peak_memory_mb": p.get("peak_memory_mb"),
+        "train_time_s": p.train_time_s,
+        "peak_memory_mb": p.peak_memory_mb,
         "eval_time_s": round(eval_time, 2),
         "examples": metrics["examples"],
         "mean_answer_words": metrics["mean_answer_words"],
@@ -136,11 +137,11 @@ def compare(
     from peft_gpt2.models import load_base
 
     base_name, runs = plan_runs(paths, base)
-    sets = eval_sets(runs, data or [TEST_SPLIT], task, limit)
-    templates = {r.provenance.get("template", "alpaca") for r in runs if r.kind != "base"}
+    sets = eval_sets(runs, data or [TEST_DATA], task, limit)
+    templates = {r.provenance.template for r in runs if r.kind != "base"}
     if len(templates) > 1:
         raise PeftGpt2Error(f"the runs were trained with different prompt templates {sorted(templates)}")
-    template = templates.pop() if templates else "alpaca"
+    template = templates.pop() if templates else Provenance().template
 
     def score(model, tokenizer, run: Run) -> list[dict]:
         rows = []
@@ -162,23 +163,11 @@ def compare(
     for name in bases:  # one load per base; its adapters are swapped in, the primary base also scores bare
         model, tokenizer = load_base(name)
         adapters = [r for r in runs if r.kind == "adapter" and r.base == name]
-        for run in adapters:
-            model = attach(model, run.path, run.label)
-        if name == base_name:
-            if adapters:
-                with model.disable_adapter():
-                    rows += score(model, tokenizer, runs[0])
-            else:
-                rows += score(model, tokenizer, runs[0])
-        for run in adapters:
-            model.set_adapter(run.label)
-            rows += score(model, tokenizer, run)
-        del model
-    for run in runs:
-        if run.kind == "model":
-            full, full_tokenizer = load_base(str(run.path))
-            rows += score(full, full_tokenizer, run)
-            del full
+        adapter_set = AdapterSet(model, tokenizer, {r.label: r.path for r in adapters})
+        for run in ([runs[0]] if name == base_name else []) + adapters:
+            with adapter_set.using(None if run.kind == "base" else run.label):
+                rows += score(adapter_set.model, tokenizer, run)
+        del model, adapter_set
     order = {r.label: i for i, r in enumerate(runs)}
     set_order = {name: i for i, (name, _, _) in enumerate(sets)}
     return sorted(rows, key=lambda row: (set_order[row["dataset"]], order[row["model"]]))

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft_gpt2.data import _decode
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.sources import read_text
 
 _START = re.compile(r"^[ \t]*\*{3}[ \t]*START[ \t]+OF\b.*$", re.IGNORECASE | re.MULTILINE)
 _END = re.compile(r"^[ \t]*(\*{3}[ \t]*END[ \t]+OF\b|End of (the )?Project Gutenberg).*$", re.IGNORECASE | re.MULTILINE)
@@ -95,20 +95,6 @@ def strip_gutenberg(text: str) -> str:
     return "\n\n".join(_paragraphs("\n".join(_drop_contents(text.split("\n")))))
 
 
-def _read_text(source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(source, timeout=60) as response:
-                return _decode(response.read(), source)
-        except OSError as err:
-            raise PeftGpt2Error(
-                f"could not download {source}: {err}; download it and point the corpus at the file"
-            ) from None
-    return _decode(Path(source).expanduser().read_bytes(), source)
-
-
 def load_corpus(sources: list[str] | str) -> list[Document]:
     """Read and clean every book named by ``sources``, in order.
 
@@ -138,7 +124,7 @@ def load_corpus(sources: list[str] | str) -> list[Document]:
             raise PeftGpt2Error(f"corpus file or folder {source} does not exist")
     docs = []
     for name in names:
-        text = strip_gutenberg(_read_text(name))
+        text = strip_gutenberg(read_text(name))
         if not text:
             raise PeftGpt2Error(
                 f"{name}: no text left after removing the Gutenberg header, footer and contents; "
@@ -208,3 +194,21 @@ def corpus_blocks(docs: list[Document], tokenizer, block_size: int) -> tuple[lis
         raise PeftGpt2Error("the tokenizer has no eos token to separate documents; set tokenizer.eos_token")
     token_ids = [tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"] for doc in docs]
     return pack_blocks(token_ids, block_size, tokenizer.eos_token_id)
+
+
+def corpus_rows(path: str, tokenizer, block_size: int, validation_fraction: float) -> tuple[list, list, dict]:
+    """Training and validation blocks of ``block_size`` tokens (loss on every token) from a corpus, and counts.
+
+    Validation text is the end of each document rather than random blocks, so it never neighbours training text.
+    """
+    train_docs, val_docs = split_by_position(load_corpus(path), validation_fraction)
+    train_blocks, train_stats = corpus_blocks(train_docs, tokenizer, block_size)
+    val_blocks, val_stats = corpus_blocks(val_docs, tokenizer, block_size) if val_docs else ([], {})
+    if not train_blocks:
+        raise PeftGpt2Error(f"{path}: fewer than data.max_length={block_size} tokens of training text")
+    stats = {
+        "documents": len(train_docs),
+        **{f"train_{k}": v for k, v in train_stats.items()},
+        **{f"validation_{k}": v for k, v in val_stats.items()},
+    }
+    return train_blocks, val_blocks, stats

@@ -12,15 +12,16 @@ set, so the perplexity does not depend on batch size or on how answers of differ
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from peft_gpt2.data import read_source, validate_records
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings, generate
-from peft_gpt2.prompts import TEMPLATES
+from peft_gpt2.instructions import validate_records
+from peft_gpt2.scoring import completion_loss
+from peft_gpt2.sources import read_source
+from peft_gpt2.templates import DEFAULT_TEMPLATE, get_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -87,117 +88,12 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     return records, task
 
 
-def completion_loss(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: list[dict],
-    *,
-    batch_size: int = 16,
-    max_length: int = 1024,
-) -> dict:
-    """Teacher-forced NLL of each completion and its eos given the prompt, summed per token over all pairs.
-
-    Sums, not per-batch means, so perplexity is ``exp(total NLL / total completion tokens)`` for any batching.
-    Labels are masked by position (prompt length, right padding), never by token id: GPT-2's pad is its eos,
-    and the eos that ends each completion is scored as in training.
-
-    Args:
-        model (`PreTrainedModel` or `PeftModel`): A causal LM; run in eval mode (restored afterwards).
-        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token and an eos token.
-        pairs (`list[dict]`): ``{"prompt", "completion"}`` as `Template.render` makes them.
-        batch_size (`int`, defaults to 16): Sequences per forward pass, grouped by length to cut padding.
-        max_length (`int`, defaults to 1024): Tokens kept per sequence (from the start; capped at the model's
-            positions). A pair whose prompt alone fills it is dropped, as in training.
-
-    Returns:
-        `dict`: ``nll_sum``, ``tokens`` (scored completion + eos tokens), ``correct`` (argmax hits), ``loss``
-        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts).
-
-    Raises:
-        `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
-    """
-    from peft_gpt2.training_data import tokenized_pairs
-
-    if not pairs:
-        raise PeftGpt2Error("no pairs to score")
-    if batch_size < 1:
-        raise PeftGpt2Error(f"batch_size={batch_size} must be >= 1")
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    max_length = min(max_length, limit) if limit else max_length
-    kept, stats = tokenized_pairs(pairs, tokenizer, max_length, "truncate", "eval")
-    if not kept:
-        raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")
-    prompt_ids = tokenizer([p["prompt"] for p in kept], add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer([p["prompt"] + p["completion"] for p in kept], add_special_tokens=False)["input_ids"]
-    rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in full_ids]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    result = token_loss(model, rows, [len(p) for p in prompt_ids], pad_token_id=pad, batch_size=batch_size)
-    return {**result, "truncated": stats["eval_overlong_truncated"], "dropped": stats["eval_overlong_dropped"]}
-
-
-def token_loss(
-    model: PreTrainedModel,
-    rows: list[list[int]],
-    starts: list[int],
-    *,
-    pad_token_id: int,
-    batch_size: int = 16,
-) -> dict:
-    """Summed next-token NLL and argmax hits over the labelled positions of token rows.
-
-    Row ``i`` is scored from its token ``starts[i]`` on (0 for plain text: every token after the first; the
-    prompt length for a prompt+completion row). Padding is masked by position, never by token id.
-
-    Returns:
-        `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
-        ``token_accuracy``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    nll, tokens, correct = 0.0, 0, 0
-    was_training = model.training
-    model.eval()  # dropout off: the same model must score the same
-    try:
-        for begin in range(0, len(order), batch_size):
-            idx = order[begin : begin + batch_size]
-            width = len(rows[idx[0]])
-            ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
-            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
-            labels = ids.masked_fill(mask == 0, -100)
-            for row, i in enumerate(idx):
-                labels[row, : starts[i]] = -100
-            with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            labels = labels[:, 1:]
-            keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
-            scored = logits[:, :-1][keep].float()
-            targets = labels[keep]
-            nll += F.cross_entropy(scored, targets, reduction="sum").item()
-            correct += int((scored.argmax(-1) == targets).sum())
-            tokens += int(keep.sum())
-    finally:
-        model.train(was_training)
-    if tokens == 0:
-        raise PeftGpt2Error("no labelled tokens to score")
-    loss = nll / tokens
-    return {
-        "nll_sum": nll,
-        "tokens": tokens,
-        "correct": correct,
-        "loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else math.inf,
-        "token_accuracy": correct / tokens,
-    }
-
-
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     records: list[dict],
     *,
-    template: str = "alpaca",
+    template: str = DEFAULT_TEMPLATE,
     settings: GenerationSettings | None = None,
     batch_size: int = 16,
     max_length: int = 1024,
@@ -210,7 +106,7 @@ def evaluate_model(
         model (`PreTrainedModel` or `PeftModel`): The model to score, unmerged adapter or not.
         tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token.
         records (`list[dict]`): Alpaca-shaped records (`load_eval_records`).
-        template (`str`, defaults to ``"alpaca"``): A `peft_gpt2.prompts.TEMPLATES` name, as in training.
+        template (`str`, defaults to ``"alpaca"``): A `peft_gpt2.templates.TEMPLATES` name, as in training.
         settings (`GenerationSettings`, *optional*): Decoding; greedy with ``batch_size`` by default. The
             template's stop strings are always added, so answers end where the template's next section starts.
         batch_size (`int`, defaults to 16): Sequences per forward pass of the loss (and of generation by default).
@@ -224,18 +120,16 @@ def evaluate_model(
     """
     from peft_gpt2.metrics import per_item_f1, text_metrics
 
-    if template not in TEMPLATES:
-        raise PeftGpt2Error(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+    tmpl = get_template(template)
     if not records:
         raise PeftGpt2Error("no records to evaluate")
-    tmpl = TEMPLATES[template]
     settings = settings or GenerationSettings(batch_size=batch_size)
     settings = replace(settings, stop=settings.stop + [s for s in tmpl.stop if s not in settings.stop])
     pairs = [tmpl.render(r) for r in records]
     expected = [p["completion"] for p in pairs]
 
     start = time.perf_counter()
-    generated = generate(model, tokenizer, [p["prompt"] for p in pairs], settings)
+    generated = [c.text for c in generate(model, tokenizer, [p["prompt"] for p in pairs], settings)]
     generation_time = time.perf_counter() - start
     start = time.perf_counter()
     loss = completion_loss(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
@@ -262,4 +156,4 @@ def evaluate_model(
     return {"metrics": metrics, "answers": answers}
 
 
-__all__ = ["TASK_FIELDS", "completion_loss", "evaluate_model", "load_eval_records", "token_loss"]
+__all__ = ["TASK_FIELDS", "evaluate_model", "load_eval_records"]

@@ -15,9 +15,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.models import max_positions
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -63,6 +64,39 @@ class GenerationSettings:
                 raise PeftGpt2Error(f"generation setting {name}={getattr(self, name)!r} must be {rule}")
 
 
+    def generation_config(self, eos_token_id: int | list[int], pad_token_id: int) -> GenerationConfig:
+        """transformers' ``GenerationConfig`` for these settings (sampling filters only when sampling)."""
+        from transformers import GenerationConfig
+
+        sampling = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p) if self.do_sample else {}
+        config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            repetition_penalty=self.repetition_penalty,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **sampling,
+        )
+        config.validate(strict=True)
+        return config
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer: its text, how many tokens the model generated for it, and why it ended.
+
+    ``finish_reason`` is ``"stop"`` (eos or a stop string) or ``"length"`` (``max_new_tokens`` ran out first), as
+    in OpenAI's API; ``tokens`` counts the tokens generated for the answer (an ending eos not included).
+    """
+
+    text: str
+    tokens: int
+    finish_reason: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @lru_cache(maxsize=8)
 def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...], vocab_size: int):
     """``StopStringCriteria``, built once per tokenizer: it scans the whole vocabulary (~1 s for GPT-2),
@@ -85,7 +119,7 @@ def generate(
     settings: GenerationSettings | None = None,
     *,
     adapter_names: list[str] | None = None,
-) -> list[str]:
+) -> list[Completion]:
     """Generate one completion per prompt, returned in the order of ``prompts``.
 
     Args:
@@ -98,7 +132,8 @@ def generate(
             none), to serve several adapters in one batch.
 
     Returns:
-        `list[str]`: The continuations without the prompt, cut before eos and the first stop string, stripped.
+        `list[Completion]`: The continuations without the prompt, cut before eos and the first stop string,
+        stripped, with their generated token counts and finish reasons.
     """
     import torch
     from transformers import StoppingCriteriaList
@@ -112,28 +147,20 @@ def generate(
     eos = tokenizer.eos_token_id if eos is None else eos  # a list for models with several end tokens
     eos_ids = set(eos) if isinstance(eos, list) else {eos}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
-    kwargs: dict = dict(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=settings.do_sample,
-        repetition_penalty=settings.repetition_penalty,
-        pad_token_id=pad_id,
-        eos_token_id=eos,
-    )
-    if settings.do_sample:  # only then: greedy generate warns about sampling flags
-        kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    config = settings.generation_config(eos, pad_id)
     stop_criteria = _stop_criteria(tokenizer, tuple(settings.stop), len(tokenizer)) if settings.stop else None
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
 
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 0)
+    limit = max_positions(model.config)
     if limit and max(lengths) + settings.max_new_tokens > limit:
         raise PeftGpt2Error(
             f"a prompt of {max(lengths)} tokens + max_new_tokens={settings.max_new_tokens} "
             f"exceeds the model's {limit} positions; shorten it or lower max_new_tokens"
         )
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: out-of-memory shows early
-    results: list[str] = [""] * len(prompts)
+    results: list[Completion | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
@@ -150,10 +177,22 @@ def generate(
                     [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)]
                 )
             with torch.inference_mode():
-                out = model.generate(**batch, **kwargs, **extra)
+                out = model.generate(**batch, generation_config=config, **extra)
             for i, row in zip(idx, out[:, width:].tolist(), strict=True):
-                row = row[: next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
-                results[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), settings.stop)
+                results[i] = _completion(row, eos_ids, tokenizer, settings)
     finally:
         model.train(was_training)
-    return results
+    return results  # type: ignore[return-value]
+
+
+def _completion(row: list[int], eos_ids: set[int], tokenizer, settings: GenerationSettings) -> Completion:
+    """A generated row as text, token count and finish reason.
+
+    A row that ended early is padded with the pad token, which for GPT-2 is eos: so the count stops at the first
+    eos and does not include it, whether the model wrote it or the row was padded after a stop string.
+    """
+    end = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
+    raw = tokenizer.decode(row[:end], skip_special_tokens=True)
+    text = cut_at_stop(raw, settings.stop)
+    stopped = end < len(row) or end < settings.max_new_tokens or any(s in raw for s in settings.stop)
+    return Completion(text, end, "stop" if stopped else "length")

@@ -5,15 +5,12 @@ peft-gpt2 merge --adapter adapters/quickstart --out merged/quickstart
 
 from __future__ import annotations
 
-import json
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
-from peft_gpt2.adapters import PROVENANCE, attach, base_of, folder_kind, read_provenance
+from peft_gpt2.adapter_folder import attach, base_of, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.folders import publish_folder
+from peft_gpt2.run_folder import TEST_SPLIT, Provenance, held_out_records, staged_folder
 
 
 def merge_adapter(
@@ -50,33 +47,24 @@ def merge_adapter(
         raise PeftGpt2Error(f"{out} already exists; choose another folder or pass overwrite=True (--overwrite)")
     if folder_kind(path, allow_pickle=allow_pickle) != "adapter":  # before the (slow) base load
         raise PeftGpt2Error(f"{path} is a full model folder already; there is no adapter to merge")
-    provenance = read_provenance(path)
+    provenance = Provenance.read(path)
     base = base or base_of(path)
     model, tokenizer = load_base(base)
     merged = attach(model, path, "merged", force=force, allow_pickle=allow_pickle).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out, overwrite=overwrite) as stage:
         merged.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
-        if (path / "test.json").exists():
-            shutil.copy(path / "test.json", stage / "test.json")
-        record = {
-            "name": out.name,
-            "method": "lora-merged",
-            "base_model": base,
-            "base_config_fingerprint": config_fingerprint(merged.config),
-            "model_type": merged.config.model_type,
-            "template": template or provenance.get("template"),
-            "merged_adapter": name or provenance.get("name") or path.name,
-            "merged_from": source or str(path),
-            "adapter_provenance": provenance,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (stage / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists() and not overwrite:  # appeared while merging
-            raise PeftGpt2Error(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        publish_folder(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if held_out_records(path):
+            shutil.copy(path / TEST_SPLIT, stage / TEST_SPLIT)
+        Provenance(
+            name=out.name,
+            method="lora-merged",
+            base_model=base,
+            base_config_fingerprint=config_fingerprint(merged.config),
+            model_type=merged.config.model_type,
+            template=template or provenance.template,
+            merged_adapter=name or provenance.name or path.name,
+            merged_from=source or str(path),
+            adapter_provenance=provenance.to_dict(),
+        ).write(stage)
     return out

@@ -212,6 +212,11 @@ def load_base(
     return model, tokenizer
 
 
+def max_positions(config) -> int | None:
+    """The longest sequence the model takes (GPT-2: ``n_positions``, Llama: ``max_position_embeddings``)."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
 def config_fingerprint(config) -> str:
     """A hash of the architecture-defining part of a model config, to check an adapter matches its base."""
     skip = {

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from peft_gpt2.config import Recipe, load_recipe
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.recipe import Recipe, load_recipe
+from peft_gpt2.run_folder import PROVENANCE
 
 KINDS = {
     "train": {"train", "set"},
@@ -36,8 +37,6 @@ class Stage:
     @property
     def output(self) -> Path:
         if self.kind == "train":
-            from peft_gpt2.adapters import PROVENANCE
-
             return self.recipe.out_path / PROVENANCE
         if self.kind == "merge":
             return Path(self.spec["out"]) / "config.json"

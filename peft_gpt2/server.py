@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from peft_gpt2.adapters import AdapterSet
+from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 
@@ -208,8 +208,8 @@ class _Engine:
         rows = [j.adapter for j in jobs for _ in j.prompts]
         try:
             settings = replace(jobs[0].settings, batch_size=len(prompts))
-            texts = self.set.generate(prompts, adapters=rows, settings=settings, raw=True)
-            counts = [min(len(ids), settings.max_new_tokens) for ids in self.set.tokenizer(texts)["input_ids"]]
+            done = self.set.generate(prompts, adapters=rows, settings=settings, raw=True)
+            texts, counts = [c.text for c in done], [c.tokens for c in done]
         except Exception as err:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(err)
@@ -327,7 +327,7 @@ def create_app(
             raise ApiError(400, f"temperature={temperature} must be between 0 and 2", "temperature")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if body.template:
-            template = adapter_set._template(adapter)
+            template = adapter_set.template_for(adapter)
             prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
         sample = temperature > 0
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import resource
 import shutil
@@ -25,13 +24,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from peft_gpt2.adapters import PROVENANCE
-from peft_gpt2.checkpoints import StopOnNonFinite, check_checkpoints, checkpoint_dir
-from peft_gpt2.config import Recipe, dump_recipe, recipe_dict
-from peft_gpt2.data import save_records
+from peft_gpt2.checkpoints import StopOnNonFinite, checkpoint_dir, discard_checkpoints, resume_point
+from peft_gpt2.corpus import corpus_rows
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.folders import publish_folder
-from peft_gpt2.training_data import training_data
+from peft_gpt2.instructions import instruction_rows, save_records
+from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
+from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, publish_folder
+from peft_gpt2.scoring import completion_loss, token_loss
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -57,148 +56,172 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def count_parameters(model) -> tuple[int, int]:
-    """``(trainable, total)``; 8-bit weights count their real element count."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
 @dataclass
 class TrainRun:
     """What ``train`` leaves: the output folder, its provenance, and the trained model still in memory."""
 
     path: Path
-    provenance: dict
+    provenance: Provenance
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
 
 
-def check_output(recipe: Recipe, overwrite: bool) -> Path:
-    out = recipe.out_path
-    if out.exists() and not overwrite:
-        raise PeftGpt2Error(f"{out} already exists; choose another name (--set name=...) or pass --overwrite")
-    return out
+@dataclass
+class TrainingRows:
+    """What the trainer sees: pairs (instructions) or blocks (text), validation rows, test records, counts."""
+
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    stats: dict
+
+
+def training_rows(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> TrainingRows:
+    """Load, clean, split and check the recipe's data; needs only the tokenizer, never the model.
+
+    Instructions become ``{"prompt", "completion"}`` pairs (loss on the completion and its eos); a text corpus
+    becomes eos-separated blocks of ``data.max_length`` tokens (loss on every token).
+    """
+    d = recipe.data
+    if d.format == "text":
+        train_blocks, val_blocks, stats = corpus_rows(d.path, tokenizer, d.max_length, d.split[1])
+        return TrainingRows([{"input_ids": b} for b in train_blocks], [{"input_ids": b} for b in val_blocks], [], stats)
+    rows = instruction_rows(d, tokenizer)
+    return TrainingRows(rows.train, rows.validation, rows.test, rows.stats)
+
+
+def validation_loss(recipe: Recipe, model, tokenizer, rows: list[dict]) -> float | None:
+    """Token-weighted loss over the whole validation split (TRL's eval_loss is a mean of per-batch means)."""
+    if not rows:
+        return None
+    batch_size = recipe.train["per_device_eval_batch_size"]
+    if recipe.data.format == "text":
+        blocks = [r["input_ids"] for r in rows]
+        starts = [0] * len(blocks)
+        return token_loss(model, blocks, starts, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)["loss"]
+    return completion_loss(model, tokenizer, rows, batch_size=batch_size, max_length=recipe.data.max_length)["loss"]
+
+
+def load_model(recipe: Recipe) -> PreTrainedModel:
+    """The base model, quantized to 8 bits and prepared for k-bit training for ``lora-8bit``."""
+    from peft_gpt2.models import load_base
+
+    model, _ = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
+    if recipe.method == "lora-8bit":
+        from peft import prepare_model_for_kbit_training
+
+        # bitsandbytes warns on every 8-bit matmul that it casts inputs to fp16 (its documented behaviour).
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        checkpointing = recipe.train["activation_checkpointing"]
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    return model
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> TrainRun:
     """Run a recipe end to end: the adapter (or full model) lands in ``<output_dir>/<name>/``.
 
     Args:
-        recipe (`Recipe`): a validated recipe (``peft_gpt2.config.load_recipe``).
+        recipe (`Recipe`): a validated recipe (``peft_gpt2.recipe.load_recipe``).
         overwrite (`bool`, *optional*, defaults to `False`): replace an existing output folder (and the
             checkpoints of an unfinished run).
         resume (`bool`, *optional*, defaults to `False`): continue from the last checkpoint of this recipe.
     """
+    from accelerate import PartialState
+
+    from peft_gpt2.models import config_fingerprint, load_tokenizer
+    from peft_gpt2.sft import make_trainer, resolve_precision, sft_config
+
     # 1. Everything a user can get wrong, before any model is loaded.
-    out = check_output(recipe, overwrite)
-    resume_from = check_checkpoints(recipe, resume, overwrite)
+    out = recipe.out_path
+    if out.exists() and not overwrite:
+        raise PeftGpt2Error(f"{out} already exists; choose another name (--set name=...) or pass --overwrite")
+    resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
+    if resume_from is None:
+        discard_checkpoints(recipe)
     ckpt = checkpoint_dir(recipe)
-    from peft_gpt2.models import config_fingerprint, load_base, load_tokenizer
-    from peft_gpt2.trainer import make_trainer, resolve_precision
-
-    precision = resolve_precision(recipe.train.precision)
-
+    precision = resolve_precision(recipe.train["precision"])
+    args = sft_config(recipe, ckpt, precision)  # TRL and transformers check the train section's values here
+    say = PartialState().print  # under torchrun / accelerate launch only the main process reports
     tokenizer = load_tokenizer(recipe.model.name)
-    data = training_data(recipe, tokenizer)
-    say(f"data: {json.dumps(data.stats)}")
+    data = training_rows(recipe, tokenizer)
+    say(f"data: {json.dumps(data.stats)}", flush=True)
 
     # 2. Model and trainer.
-    model, tokenizer = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
-    if recipe.method == "lora-8bit":
-        from peft import prepare_model_for_kbit_training
+    model = load_model(recipe)
+    trainer = make_trainer(recipe, model, tokenizer, args, data.train, data.validation)
+    trainer.add_callback(StopOnNonFinite(precision, ckpt))
+    if recipe.train["save_steps"]:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")
+    trainable, total = trainer.model.num_parameters(only_trainable=True), trainer.model.num_parameters()
+    say(f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%), "
+        f"precision {precision}", flush=True)
 
-        # bitsandbytes warns on every 8-bit matmul that it casts inputs to fp16 (its documented behaviour).
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    # 3. Train, with validation loss before and after.
+    val_before = validation_loss(recipe, trainer.model, tokenizer, data.validation)
+    start = time.perf_counter()
+    if resume_from:
+        say(f"resuming from {resume_from}", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_time = time.perf_counter() - start
+    val_after = validation_loss(recipe, trainer.model, tokenizer, data.validation)
+    if val_before is not None:
+        say(f"validation loss: {val_before:.4f} -> {val_after:.4f} "
+            f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})", flush=True)
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.activation_checkpointing)
+    provenance = Provenance(
+        name=recipe.name,
+        method=recipe.method,
+        base_model=recipe.model.name,
+        base_model_path=model.config._name_or_path or recipe.model.name,
+        base_config_fingerprint=config_fingerprint(model.config),
+        model_type=model.config.model_type,
+        template=recipe.data.template,
+        data_format=recipe.data.format,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        precision=precision,
+        train_time_s=round(train_time, 2),
+        train_steps=result.global_step,
+        train_loss=result.training_loss,
+        validation_loss_before=val_before,
+        validation_loss_after=val_after,
+        peak_memory_mb=round(peak_memory_mb(), 1),
+        device=str(trainer.args.device),
+        processes=trainer.args.world_size,
+        data=data.stats,
+        recipe=recipe_dict(recipe),
+        versions=_versions(),
+    )
+    # 4. Save, then rename into place.
+    save_run(trainer, recipe, tokenizer, data.test, provenance)
+    say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
+    return TrainRun(out, provenance, trainer.model.eval(), tokenizer)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=_mkdir(out.parent)))
+
+def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: Provenance) -> None:
+    """Write the run folder beside ``recipe.out_path`` and rename it into place; drop the run's checkpoints.
+
+    PEFT folder (or full model), tokenizer, resolved recipe, test split, log, provenance. Under torchrun /
+    accelerate launch every process calls ``save_model`` (FSDP gathers the sharded weights there); only the main
+    process writes and publishes, the others wait for it.
+    """
+    out = recipe.out_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=out.parent))
     try:
-        trainer = make_trainer(recipe, model, tokenizer, data.train, data.validation, ckpt, precision)
-        trainer.add_callback(StopOnNonFinite(precision, ckpt))
-        if recipe.train.save_steps:
-            _mkdir(ckpt)
-            (ckpt / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-        trainable, total = count_parameters(trainer.model)
-        say(
-            f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters "
-            f"({100 * trainable / total:.3f}%), precision {precision}"
-        )
-
-        # 3. Train, with validation loss before and after (token-weighted over the whole split; TRL's
-        #    eval_loss is a mean of per-batch means).
-        def validation_loss() -> float | None:
-            if data.validation_loss is None:
-                return None
-            return data.validation_loss(trainer.model, recipe.train.per_device_eval_batch_size)["loss"]
-
-        val_before = validation_loss()
-        start = time.perf_counter()
-        if resume_from:
-            say(f"resuming from {resume_from}")
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        train_time = time.perf_counter() - start
-        val_after = validation_loss()
-        if val_before is not None:
-            say(
-                f"validation loss: {val_before:.4f} -> {val_after:.4f} "
-                f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})"
-            )
-
-        provenance = {
-            "name": recipe.name,
-            "method": recipe.method,
-            "base_model": recipe.model.name,
-            "base_model_path": model.config._name_or_path or recipe.model.name,
-            "base_config_fingerprint": config_fingerprint(model.config),
-            "model_type": model.config.model_type,
-            "template": recipe.data.template,
-            "data_format": recipe.data.format,
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "precision": precision,
-            "train_time_s": round(train_time, 2),
-            "train_steps": result.global_step,
-            "train_loss": result.training_loss,
-            "validation_loss_before": val_before,
-            "validation_loss_after": val_after,
-            "peak_memory_mb": round(peak_memory_mb(), 1),
-            "device": str(trainer.args.device),
-            "processes": trainer.args.world_size,
-            "data": data.stats,
-            "recipe": recipe_dict(recipe),
-            "versions": _versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        # 4. Save: PEFT folder (or full model), tokenizer, recipe, splits, provenance; then rename. One writer:
-        #    under torchrun / accelerate launch only the main process writes, the others wait for it. Every
-        #    process calls save_model (FSDP gathers the sharded weights there); only the main one writes.
         stage = work / "out"
         trainer.save_model(str(stage))
         if trainer.is_world_process_zero():
             (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
             tokenizer.save_pretrained(stage)
-            (stage / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
-            if data.test:
-                save_records(data.test, stage / "test.json")
-            (stage / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-            (stage / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+            (stage / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")
+            if test:
+                save_records(test, stage / TEST_SPLIT)
+            (stage / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+            provenance.write(stage)
             publish_folder(stage, out)
-            shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its checkpoints are not needed
+            discard_checkpoints(recipe)  # the run is complete; its checkpoints are not needed
         trainer.accelerator.wait_for_everyone()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}")
-    return TrainRun(out, provenance, trainer.model.eval(), tokenizer)
-
-
-def say(message: str) -> None:
-    """Print once: under torchrun / accelerate launch only the process with RANK 0 reports."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, flush=True)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

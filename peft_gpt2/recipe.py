@@ -1,10 +1,11 @@
-"""Recipe schema: dataclasses, YAML load, ``key=value`` overrides, validation.
+"""The recipe: sections, YAML load, ``key=value`` overrides, key and type checks.
 
     peft-gpt2 train recipes/quickstart.yaml --set train.max_steps=20 --set data.limit=200
 
-Override order is fixed: dataclass defaults < recipe YAML < ``--set``. A recipe key is a dataclass field
-is the keyword argument it feeds (``lora.r`` -> ``LoraConfig(r=...)``, ``train.learning_rate`` ->
-``SFTConfig(learning_rate=...)``); the only translation is in ``train.py``. Unknown keys fail with the
+Override order is fixed: defaults < recipe YAML < ``--set``. ``model`` and ``data`` are ours (dataclasses below);
+``lora`` and ``train`` are passed through: each key is a keyword argument of PEFT's ``LoraConfig`` or TRL's
+``SFTConfig`` (``lora.r`` -> ``LoraConfig(r=...)``, ``train.learning_rate`` -> ``SFTConfig(learning_rate=...)``),
+except the few in ``TRAIN_DEFAULTS``' last block, translated in ``sft.sft_config``. Unknown keys fail with the
 closest valid key; every check runs before a model or data set is loaded.
 """
 
@@ -22,10 +23,10 @@ from typing import Any
 import yaml
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.templates import DEFAULT_TEMPLATE
 
 METHODS = ("full", "lora", "lora-8bit")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -45,7 +46,7 @@ class ModelConfig:
 class DataConfig:
     path: str = ""  # instructions: Alpaca JSON/JSONL, URL or HF data set; text: .txt file, folder or URL
     format: str = "instructions"  # instructions (loss on the answer) | text (a raw corpus, loss on every token)
-    template: str = "alpaca"  # prompt template (peft_gpt2.prompts.TEMPLATES)
+    template: str = DEFAULT_TEMPLATE  # prompt template (peft_gpt2.templates.TEMPLATES)
     limit: int | None = None  # keep this many records after cleaning (random, seeded)
     fraction: float | None = None  # or keep this fraction of them
     seed: int = 42  # drives subsampling and the train/validation/test split
@@ -54,7 +55,7 @@ class DataConfig:
     overlong: str = "truncate"  # examples longer than max_length: truncate (keep the start) or drop
 
     def __post_init__(self) -> None:
-        from peft_gpt2.prompts import TEMPLATES
+        from peft_gpt2.templates import TEMPLATES
 
         _check(bool(self.path.strip()), "data.path", "is required: a JSON/JSONL file, URL or dataset name")
         _check(self.format in ("instructions", "text"), "data.format", "must be 'instructions' or 'text'")
@@ -77,67 +78,50 @@ class DataConfig:
         _check(self.overlong in ("truncate", "drop"), "data.overlong", "must be 'truncate' or 'drop'")
 
 
-@dataclass
-class LoraSettings:
-    r: int = 8  # rank of the update; higher = more capacity and memory
-    lora_alpha: int = 16  # scaling numerator: the update is scaled by lora_alpha / r
-    lora_dropout: float = 0.05  # dropout on the LoRA input
-    target_modules: list[str] | None = None  # None: per-architecture default (GPT-2: c_attn)
-    bias: str = "none"  # none | lora_only | all
-
-    def __post_init__(self) -> None:
-        _check(self.r >= 1, "lora.r", f"must be >= 1, got {self.r}")
-        _check(self.lora_alpha > 0, "lora.lora_alpha", f"must be > 0, got {self.lora_alpha}")
-        _check(0 <= self.lora_dropout < 1, "lora.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
-        _check(
-            self.target_modules is None or len(self.target_modules) > 0,
-            "lora.target_modules",
-            "must name at least one module, or be null for the architecture's default",
-        )
-        _check(self.bias in ("none", "lora_only", "all"), "lora.bias", "must be none, lora_only or all")
-
-
-@dataclass
-class TrainSettings:
-    learning_rate: float = 2e-4  # peak learning rate (AdamW)
-    lr_scheduler_type: str = "cosine"  # cosine | linear | constant | constant_with_warmup
-    warmup_steps: float = 0.03  # an int counts steps, a float in [0, 1) is a fraction of all steps
-    num_train_epochs: float = 1.0  # ignored when max_steps > 0
-    max_steps: int = -1  # > 0 stops after this many optimizer steps
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1  # effective batch = batch size x accumulation x processes
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_steps: int | None = None  # evaluate on the validation split every N steps (None: at the end only)
-    logging_steps: int = 10  # print the loss every N steps
-    save_steps: int | None = None  # checkpoint every N steps for --resume (None: no checkpoints)
-    save_total_limit: int = 2  # checkpoints kept on disk (oldest removed first)
-    seed: int = 42
-    precision: str = "auto"  # auto (bf16/fp16 on CUDA, bf16 autocast on a CPU that has it) | fp32 | bf16 | fp16
-    activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    group_by_length: bool = True  # batch examples of similar length: less padding, same loss
-    padding_free: bool = False  # each batch as one row, no padding; refused if attention would mix examples
-
-    def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
-        _check(self.lr_scheduler_type in SCHEDULERS, "train.lr_scheduler_type", f"must be one of {SCHEDULERS}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _check(self.num_train_epochs > 0, "train.num_train_epochs", "must be > 0")
-        _check(self.max_steps == -1 or self.max_steps >= 1, "train.max_steps", "must be -1 (off) or >= 1")
-        for key in (
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-        ):
-            _check(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        _check(self.eval_steps is None or self.eval_steps >= 1, "train.eval_steps", "must be >= 1 or null")
-        _check(self.save_steps is None or self.save_steps >= 1, "train.save_steps", "must be >= 1 or null")
-        _check(self.save_total_limit >= 1, "train.save_total_limit", "must be >= 1")
-        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
-        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}")
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 8,  # rank of the update; higher = more capacity and memory
+    "lora_alpha": 16,  # scaling numerator: the update is scaled by lora_alpha / r
+    "lora_dropout": 0.05,  # dropout on the LoRA input
+    "target_modules": None,  # None: PEFT's per-architecture default (GPT-2: c_attn)
+    "bias": "none",  # none | lora_only | all
+}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,  # peak learning rate (AdamW)
+    "lr_scheduler_type": "cosine",  # any transformers scheduler
+    "warmup_steps": 0.03,  # an int counts steps, a float in [0, 1) is a fraction of all steps
+    "num_train_epochs": 1.0,  # ignored when max_steps > 0
+    "max_steps": -1,  # > 0 stops after this many optimizer steps
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 16,
+    "gradient_accumulation_steps": 1,  # effective batch = batch size x accumulation x processes
+    "logging_steps": 10,  # print the loss every N steps
+    "save_total_limit": 2,  # checkpoints kept on disk (oldest removed first)
+    "seed": 42,  # also the data order's seed
+    "activation_checkpointing": False,  # recompute activations in backward: less memory, ~30% slower
+    # Ours, translated in sft.sft_config (the one place recipe keys are not SFTConfig's):
+    "precision": "auto",  # auto (bf16/fp16 on CUDA, bf16 autocast on a CPU that has it) | fp32 | bf16 | fp16
+    "eval_steps": None,  # validation loss every N steps (None: at the start and end only)
+    "save_steps": None,  # checkpoint every N steps for --resume (None: no checkpoints)
+    "group_by_length": True,  # batch examples of similar length: less padding, same loss
+    "padding_free": False,  # each batch as one row, no padding; refused if attention would mix examples
+}
+# SFTConfig / LoraConfig fields the recipe may not set, and the recipe key that decides each instead.
+TRAIN_SET_BY_US = {
+    "output_dir": "name and output_dir",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "use_cpu": "train.precision",
+    "max_length": "data.max_length",
+    "completion_only_loss": "data.format",
+    "eval_strategy": "train.eval_steps",
+    "save_strategy": "train.save_steps",
+    "train_sampling_strategy": "train.group_by_length",
+    "data_seed": "train.seed",
+    "report_to": "nothing (no trackers)",
+    "logging_nan_inf_filter": "nothing (a nan/inf loss stops the run)",
+}
+LORA_SET_BY_US = {"task_type": "method", "fan_in_fan_out": "nothing (set from the target layers' type)"}
+INSTRUCTION_KEYS = ("template", "limit", "fraction", "overlong")  # data keys that data.format: text does not use
 
 
 @dataclass
@@ -147,8 +131,8 @@ class Recipe:
     output_dir: str = "adapters"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    lora: dict[str, Any] = field(default_factory=lambda: dict(LORA_DEFAULTS))  # LoraConfig keyword arguments
+    train: dict[str, Any] = field(default_factory=lambda: dict(TRAIN_DEFAULTS))  # SFTConfig keyword arguments
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
@@ -174,7 +158,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [t for t in typing.get_args(tp) if t is not type(None)]
-        return _coerce(value, inner[0], key)
+        for option in inner[:-1]:  # the first type the value fits; the last one reports the error
+            try:
+                return _coerce(value, option, key)
+            except PeftGpt2Error:
+                pass
+        return _coerce(value, inner[-1], key)
+    if not isinstance(tp, type) or tp not in (int, float, bool, str, list):
+        return value  # enums, dicts, Literal...: the library checks them
     if origin is list:
         _check(isinstance(value, list), key, f"must be a list, got {value!r}")
         (item,) = typing.get_args(tp)
@@ -191,6 +182,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _unknown(key: str, names: list[str], prefix: str) -> PeftGpt2Error:
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+    return PeftGpt2Error(f"unknown recipe key {prefix}{key}{hint}")
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     _check(isinstance(data, dict), prefix.rstrip(".") or "recipe", f"must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -198,14 +195,71 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
-            raise PeftGpt2Error(f"unknown recipe key {prefix}{key}{hint}")
+            raise _unknown(key, names, prefix)
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
+        elif key in SECTIONS:
+            kwargs[key] = _section(key, value)
         else:
             kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
+
+
+OUR_TYPES: dict[str, Any] = {
+    "precision": str,
+    "eval_steps": int | None,
+    "save_steps": int | None,
+    "group_by_length": bool,
+    "padding_free": bool,
+}
+OUR_TRAIN_KEYS = tuple(OUR_TYPES)  # train keys that are not SFTConfig's (or mean something else here)
+
+
+def _library_types(section: str) -> dict[str, Any]:
+    """The keyword arguments (and their types) of the library config a section feeds."""
+    if section == "lora":
+        from peft import LoraConfig as library
+    else:
+        from trl import SFTConfig as library
+    hints = typing.get_type_hints(library)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(library) if f.init}
+
+
+def _section(section: str, data: Any) -> dict[str, Any]:
+    """``lora`` / ``train``: our defaults, then the recipe's keys, each a keyword of ``LoraConfig`` / ``SFTConfig``.
+
+    Unknown keys get the closest valid one; types are checked here; values the library owns are validated by the
+    library when the config is built (``sft.py``), before any model or data loads.
+    """
+    defaults, set_by_us = (LORA_DEFAULTS, LORA_SET_BY_US) if section == "lora" else (TRAIN_DEFAULTS, TRAIN_SET_BY_US)
+    _check(isinstance(data, dict), section, f"must be a mapping, got {data!r}")
+    types = {**_library_types(section), **(OUR_TYPES if section == "train" else {})}
+    out = dict(defaults)
+    for key, value in data.items():
+        if key in set_by_us:
+            raise PeftGpt2Error(f"recipe key {section}.{key} is set by peft-gpt2 from {set_by_us[key]}")
+        if key not in types:
+            raise _unknown(key, sorted(set(types) - set(set_by_us)), f"{section}.")
+        out[key] = _coerce(value, types[key], f"{section}.{key}")
+    rules = SANITY.get(section, {})
+    for key, (ok, rule) in rules.items():
+        _check(out.get(key) is None or ok(out[key]), f"{section}.{key}", f"must be {rule}, got {out.get(key)!r}")
+    return out
+
+
+SECTIONS = ("lora", "train")
+# Values the libraries accept but that cannot train: caught here, with the key named.
+SANITY: dict[str, dict[str, tuple[Any, str]]] = {
+    "lora": {"r": (lambda v: v >= 1, ">= 1"), "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)")},
+    "train": {
+        "learning_rate": (lambda v: v > 0, "> 0"),
+        "precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),
+        "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+        "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+        "eval_steps": (lambda v: v >= 1, ">= 1 or null"),
+        "save_steps": (lambda v: v >= 1, ">= 1 or null"),
+    },
+}
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -246,14 +300,21 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(data, assignment)
     data.setdefault("name", path.stem)
     try:
+        raw_data = data.get("data")
+        if isinstance(raw_data, dict) and raw_data.get("format") == "text":
+            unused = [k for k in INSTRUCTION_KEYS if k in raw_data]
+            _check(not unused, f"data.{unused[0] if unused else ''}", "does not apply to data.format: text")
         return _build(Recipe, data, "")
     except PeftGpt2Error as err:
         raise PeftGpt2Error(f"{path}: {err}") from None
 
 
 def recipe_dict(recipe: Recipe) -> dict:
-    """The fully resolved recipe, as saved next to every output."""
-    return dataclasses.asdict(recipe)
+    """The fully resolved recipe, as saved next to every output (and loadable again)."""
+    out = dataclasses.asdict(recipe)
+    if recipe.data.format == "text":
+        out["data"] = {k: v for k, v in out["data"].items() if k not in INSTRUCTION_KEYS}
+    return out
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -1,6 +1,7 @@
-"""Load, validate, clean, subsample and split Alpaca-style instruction data.
+"""Instruction records (Alpaca-style): validate, clean, subsample, split, and turn into training pairs.
 
-    python -c "from peft_gpt2.data import load_records; print(len(load_records('data/sample_instructions.json')))"
+    python -c "from peft_gpt2.instructions import load_records; \
+print(len(load_records('data/sample_instructions.json')))"
 
 Everything here runs before a model is loaded, so a bad record fails in a second, not after hours.
 Cleaning is stated, not silent: exact duplicates and empty outputs are dropped and counted.
@@ -12,8 +13,16 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.sources import read_source
+from peft_gpt2.templates import get_template, tokenize_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from peft_gpt2.recipe import DataConfig
 
 FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
@@ -27,76 +36,6 @@ class Splits:
     validation: list[dict]
     test: list[dict]
     stats: dict = field(default_factory=dict)
-
-
-def _decode(raw: bytes, source: str) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise PeftGpt2Error(f"{source}: line {line}: not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
-
-
-def _parse_json(text: str, source: str) -> list:
-    stripped = text.lstrip()
-    if not stripped:
-        raise PeftGpt2Error(f"{source}: the file is empty")
-    if stripped[0] == "[" or source.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except (RecursionError, ValueError) as err:  # nesting too deep; an integer past Python's digit limit
-            if not isinstance(err, json.JSONDecodeError):
-                raise PeftGpt2Error(f"{source}: unreadable JSON ({type(err).__name__}: {err})") from None
-            raise PeftGpt2Error(
-                f"{source}: line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})"
-            ) from None
-        if not isinstance(data, list):
-            raise PeftGpt2Error(
-                f"{source}: expected a JSON list of records, got a {type(data).__name__}"
-                + (f" with keys {sorted(data)[:5]}" if isinstance(data, dict) else "")
-            )
-        return data
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except (RecursionError, ValueError) as err:
-                reason = err.msg if isinstance(err, json.JSONDecodeError) else f"{type(err).__name__}: {err}"
-                raise PeftGpt2Error(f"{source}: line {lineno}: malformed JSON Lines record ({reason})") from None
-    return records
-
-
-def read_source(source: str) -> list:
-    if source.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(source, timeout=60) as response:
-                return _parse_json(_decode(response.read(), source), source)
-        except OSError as err:
-            raise PeftGpt2Error(
-                f"could not download {source}: {err}; download it and set data.path to the file"
-            ) from None
-    path = Path(source).expanduser()
-    if path.is_file():
-        return _parse_json(_decode(path.read_bytes(), source), source)
-    if path.suffix in (".json", ".jsonl") or path.exists() or source.startswith((".", "/", "~")):
-        raise PeftGpt2Error(f"data file {source} does not exist")
-    return _read_hub_dataset(source)
-
-
-def _read_hub_dataset(name: str) -> list:
-    """A Hugging Face datasets name such as ``tatsu-lab/alpaca`` (train split)."""
-    import datasets
-
-    try:
-        return list(datasets.load_dataset(name, split="train"))
-    except Exception as err:  # datasets raises many types: network, missing, bad config
-        raise PeftGpt2Error(
-            f"could not load data set {name!r} from the Hugging Face Hub ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200] if str(err) else ''}); offline, point data.path at a JSON/JSONL file"
-        ) from None
 
 
 def validate_records(raw: list, source: str) -> list[dict]:
@@ -184,3 +123,32 @@ def prepare_splits(
 
 def save_records(records: list[dict], path: Path) -> None:
     path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@dataclass
+class InstructionRows:
+    """``{"prompt", "completion"}`` pairs for training and validation, the held-out test records, and counts."""
+
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    stats: dict
+
+
+def instruction_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
+    """Load, clean and split ``data.path``; render the pairs through the template and check their completion masks.
+
+    Needs only the tokenizer, never the model, so a bad record fails in seconds. The loss is on each completion and
+    its eos; the test records stay as records, saved with the run for ``compare --data test``.
+    """
+    splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
+    template = get_template(d.template)
+    stats = dict(splits.stats)
+    kept = {}
+    for name, records in (("train", splits.train), ("validation", splits.validation)):
+        pairs = tokenize_pairs([template.render(r) for r in records], tokenizer, d.max_length, d.overlong, name)
+        kept[name] = pairs.pairs
+        stats.update({f"{name}_overlong_truncated": pairs.truncated, f"{name}_overlong_dropped": pairs.dropped})
+    if not kept["train"]:
+        raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
+    return InstructionRows(kept["train"], kept["validation"], splits.test, stats)

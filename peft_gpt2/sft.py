@@ -1,8 +1,8 @@
-"""How a recipe becomes TRL's ``SFTTrainer``: LoRA config, ``SFTConfig``, precision, and the loss.
+"""How a recipe becomes TRL's ``SFTTrainer``: ``LoraConfig``, ``SFTConfig``, precision, and the loss.
 
-Recipe keys are the library's keyword names (``lora.r`` -> ``LoraConfig(r=)``, ``train.*`` -> ``SFTConfig``),
-so this module is mostly a straight mapping. The one behaviour we change is where TRL's loss is slow: see
-``CompletionTrainer``.
+Recipe sections are passed through (``LoraConfig(**recipe.lora)``, ``SFTConfig(**recipe.train)``); the few
+translations are in ``sft_config`` and ``lora_config``, and the libraries validate the values they own. The one
+behaviour we change is where TRL's loss is slow: see ``CompletionTrainer``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from peft_gpt2.config import Recipe
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.recipe import OUR_TRAIN_KEYS, Recipe
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -38,11 +38,12 @@ def default_targets(model: PreTrainedModel) -> list[str]:
 
 
 def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
-    """``recipe.lora`` -> ``LoraConfig``, with ``fan_in_fan_out`` set when the targets are GPT-2's Conv1D."""
+    """``LoraConfig(**recipe.lora)``, with PEFT's default targets and ``fan_in_fan_out`` set for GPT-2's Conv1D."""
     from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
-    targets = recipe.lora.target_modules or default_targets(model)
+    targets = recipe.lora["target_modules"] or default_targets(model)
+    targets = [targets] if isinstance(targets, str) else targets
     matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
     if not matched:
         raise PeftGpt2Error(
@@ -52,23 +53,16 @@ def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
     conv1d = {isinstance(m, Conv1D) for m in matched}
     if len(conv1d) > 1:
         raise PeftGpt2Error(f"lora.target_modules {targets} mix Conv1D and Linear layers; target one kind")
-    return LoraConfig(
-        r=recipe.lora.r,
-        lora_alpha=recipe.lora.lora_alpha,
-        lora_dropout=recipe.lora.lora_dropout,
-        target_modules=targets,
-        bias=recipe.lora.bias,
-        fan_in_fan_out=conv1d.pop(),
-        task_type="CAUSAL_LM",
-    )
+    options = {**recipe.lora, "target_modules": targets}
+    return _library_config("lora", LoraConfig, **options, fan_in_fan_out=conv1d.pop(), task_type="CAUSAL_LM")
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16 (or fp16) on CUDA, bf16 autocast on a CPU with bf16 support, else fp32."""
+    """``auto`` -> bf16 (or fp16) on CUDA, bf16 autocast on an AVX-512 CPU (oneDNN runs bf16 there), else fp32."""
     import torch
 
     cuda = torch.cuda.is_available()
-    cpu_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    cpu_bf16 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     if precision == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -81,41 +75,39 @@ def resolve_precision(precision: str) -> str:
 
 
 def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
-    """``recipe.train`` + ``recipe.data.max_length`` -> ``SFTConfig`` (same key names)."""
+    """``SFTConfig(**recipe.train)`` plus the translations below: the only recipe keys that are not SFTConfig's."""
     import torch
     from trl import SFTConfig
 
     t = recipe.train
-    return SFTConfig(
+    passthrough = {k: v for k, v in t.items() if k not in OUR_TRAIN_KEYS}
+    return _library_config(
+        "train",
+        SFTConfig,
+        **passthrough,
         output_dir=str(output_dir),
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        seed=t.seed,
-        data_seed=t.seed,
-        activation_checkpointing=t.activation_checkpointing,
-        eval_strategy="steps" if t.eval_steps else "no",
-        eval_steps=t.eval_steps,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
+        data_seed=t["seed"],
         max_length=recipe.data.max_length,
         completion_only_loss=recipe.data.format == "instructions",
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if t["eval_steps"] else "no",
+        eval_steps=t["eval_steps"],
+        save_strategy="steps" if t["save_steps"] else "no",
+        save_steps=t["save_steps"] or 500,
+        train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
         logging_nan_inf_filter=False,  # the default hides nan/inf losses from the log; we stop on them
         report_to="none",
     )
+
+
+def _library_config(section: str, cls: type, **kwargs):
+    """Build a library config; a value it refuses is the user's recipe key, named."""
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise PeftGpt2Error(f"recipe section {section}: {cls.__name__} refused a value: {err}") from None
 
 
 class CompletionTrainer(SFTTrainer):
@@ -158,10 +150,9 @@ def make_trainer(
     recipe: Recipe,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
+    args: SFTConfig,
     train_rows: list[dict],
     val_rows: list[dict],
-    output_dir: Path,
-    precision: str,
 ):
     """TRL's ``SFTTrainer``: on ``{"prompt", "completion"}`` pairs the loss is on the completion and its eos
     only; on ``{"input_ids"}`` blocks (a text corpus) it is on every token."""
@@ -172,13 +163,13 @@ def make_trainer(
         keep_freed_memory()
     trainer = CompletionTrainer(
         model=model,
-        args=sft_config(recipe, output_dir, precision),
+        args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
         processing_class=tokenizer,
         peft_config=lora_config(recipe, model) if recipe.method != "full" else None,
     )
-    if recipe.train.padding_free:
+    if recipe.train["padding_free"]:
         # TRL refuses padding_free with max_length set although it truncates the rows first; its own
         # padding-free collator on the truncated rows is the same thing.
         trainer.data_collator = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)
@@ -192,7 +183,7 @@ def check_examples_kept_apart(model: PreTrainedModel, collator: DataCollatorForL
     A padding-free batch is one row of examples end to end with restarting ``position_ids``.
     FlashAttention (varlen) and, since transformers 5, SDPA/eager with ``use_cache=False`` mask across the
     boundaries; other attention code lets each example see the ones before it and trains on it silently
-    (../shared/PITFALLS.md). So: two examples, packed vs alone, must give the same logits.
+    (the packing pitfall). So: two examples, packed vs alone, must give the same logits.
     """
     import torch
 

@@ -1,20 +1,16 @@
-"""Adapter folders: check them, read their provenance, and attach several to one base model.
-
-    python -c "from peft_gpt2.adapters import read_provenance; print(read_provenance('adapters/quickstart'))"
-
-An adapter folder is a standard PEFT folder plus ``peft_gpt2.json``. Loading checks that the folder
-is an adapter, that its weights are safetensors (pickle ``.bin`` files run code when loaded), and that
-the base model matches the one it was trained on (config fingerprint), before any weights are read.
-
-``AdapterSet`` keeps one base in memory with many named adapters, chosen per call or per row::
+"""``AdapterSet``: one base model in memory with many named adapters, chosen per call or per row.
 
     m = AdapterSet.from_paths(None, {"alpaca": "adapters/alpaca-lora", "sherlock": "adapters/sherlock-lm"})
     m.generate(["Name three primary colors."] * 3, adapters=["alpaca", "sherlock", None])  # None: the base
+    with m.using("alpaca"):                                   # any call inside, direct model calls too
+        logits = m.model(**m.tokenizer(["Hello"], return_tensors="pt")).logits
+
+Folder checks (kind, safetensors, base fingerprint) are ``adapter_folder``'s; this module is the runtime.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import tempfile
 import threading
@@ -25,112 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peft_gpt2.adapter_folder import attach, base_of, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.generation import GenerationSettings, generate
-from peft_gpt2.prompts import TEMPLATES, Template
+from peft_gpt2.generation import Completion, GenerationSettings, generate
+from peft_gpt2.merge import merge_adapter
+from peft_gpt2.run_folder import Provenance
+from peft_gpt2.templates import TEMPLATES, Template, get_template
 
 if TYPE_CHECKING:
-    import torch
-    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-PROVENANCE = "peft_gpt2.json"
-
-
-def read_provenance(path: str | Path) -> dict:
-    """The folder's ``peft_gpt2.json``, or ``{}`` for a folder trained elsewhere."""
-    file = Path(path) / PROVENANCE
-    if not file.exists():
-        return {}
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PeftGpt2Error(f"{file}: not valid JSON ({err})") from None
-
-
-def folder_kind(path: str | Path, *, allow_pickle: bool = False) -> str:
-    """``"adapter"`` (PEFT folder) or ``"model"`` (a full model folder, e.g. a full fine-tune)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise PeftGpt2Error(f"{path} is not a folder")
-    if (path / "adapter_config.json").exists():
-        weights = "adapter_model"
-    elif (path / "config.json").exists():
-        weights = "model"
-    else:
-        raise PeftGpt2Error(f"{path} is neither a PEFT adapter (adapter_config.json) nor a model folder (config.json)")
-    has_safetensors = any(path.glob(f"{weights}*.safetensors"))
-    if not has_safetensors:
-        if any(path.glob(f"{weights}*.bin")) and not allow_pickle:
-            raise PeftGpt2Error(
-                f"{path} holds only pickle weights ({weights}.bin), which can run code when loaded; "
-                "convert them to safetensors, or pass --allow-pickle if you trust the source"
-            )
-        if not any(path.glob(f"{weights}*.bin")):
-            raise PeftGpt2Error(f"{path} has no {weights}.safetensors weights")
-    return "adapter" if weights == "adapter_model" else "model"
-
-
-def base_of(path: str | Path) -> str:
-    """The base model an adapter was trained on: provenance first, then PEFT's own record."""
-    provenance = read_provenance(path)
-    if provenance.get("base_model"):
-        return provenance["base_model"]
-    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
-    if not config.get("base_model_name_or_path"):
-        raise PeftGpt2Error(f"{path}: no base model recorded; pass --model")
-    return config["base_model_name_or_path"]
-
-
-def check_base(path: str | Path, base: PreTrainedModel, *, force: bool = False) -> None:
-    """Refuse an adapter whose recorded base config differs from the loaded base (``force`` skips it)."""
-    from peft_gpt2.models import config_fingerprint
-
-    expected = read_provenance(path).get("base_config_fingerprint")
-    actual = config_fingerprint(base.config)
-    if expected and expected != actual and not force:
-        raise PeftGpt2Error(
-            f"{path} was trained on base {read_provenance(path).get('base_model')!r} (config {expected}), "
-            f"but the loaded base has config {actual}; load the right base, or pass --force to try anyway"
-        )
-
-
-def attach(
-    model: PreTrainedModel | PeftModel,
-    path: str | Path,
-    name: str,
-    *,
-    force: bool = False,
-    allow_pickle: bool = False,
-) -> PeftModel:
-    """Add the adapter at ``path`` under ``name`` (inference mode); the first call wraps the base.
-
-    Args:
-        model (`PreTrainedModel` or `PeftModel`): the base, or a PeftModel that already holds adapters.
-        path (`str` or `Path`): the adapter folder.
-        name (`str`): the adapter's name inside the model.
-        force (`bool`, *optional*, defaults to `False`): skip the base-model fingerprint check.
-        allow_pickle (`bool`, *optional*, defaults to `False`): accept ``adapter_model.bin``.
-    """
-    from peft import PeftModel
-
-    if folder_kind(path, allow_pickle=allow_pickle) != "adapter":
-        raise PeftGpt2Error(f"{path} is a full model folder, not an adapter; load it as a model (--model {path})")
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    check_base(path, base, force=force)
-    if isinstance(model, PeftModel):
-        if name in model.peft_config:
-            raise PeftGpt2Error(f"an adapter named {name!r} is already loaded")
-        model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        return model
-    return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
-
-
-def disk_size_mb(path: str | Path) -> float:
-    """Size of the weights in a folder (safetensors and bin), in MiB."""
-    files = [f for f in Path(path).iterdir() if f.suffix in (".safetensors", ".bin")]
-    return sum(f.stat().st_size for f in files) / 2**20
-
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED = ("base", "__base__", "default")
@@ -152,7 +51,7 @@ class AdapterInfo:
     """Where a loaded adapter came from: its folder (``None`` for a ``combine`` result) and provenance."""
 
     path: Path | None
-    provenance: dict
+    provenance: Provenance
 
 
 class AdapterSet:
@@ -161,7 +60,7 @@ class AdapterSet:
     Switching is ``set_adapter`` (no reload), a mixed batch routes each row to its own adapter, and rows for the
     base run with adapters disabled, so no adapter leaks into another's output. Adapters load frozen, model in eval.
 
-    Thread safety: ``generate``, ``logits`` and every method that changes the set take ``lock`` (a re-entrant
+    Thread safety: ``generate``, ``using`` and every method that changes the set take ``lock`` (a re-entrant
     ``threading.RLock``), so a server may share one instance across threads. ``use`` changes the default for every
     caller; a server should pass ``adapters=`` per call instead.
 
@@ -186,14 +85,14 @@ class AdapterSet:
         force: bool = False,
         allow_pickle: bool = False,
     ) -> None:
-        if template is not None and template not in TEMPLATES:
-            raise PeftGpt2Error(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+        if template is not None:
+            get_template(template)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.template, self.base_name, self.force, self.allow_pickle = template, base_name, force, allow_pickle
         self.lock = threading.RLock()
         self._info: dict[str, AdapterInfo] = {}
         self._active: str | None = None
-        self._disabled = False
+        self._scope: list[str | None] = []  # the adapter of each open ``using`` block, innermost last
         for name, path in (adapters or {}).items():
             self.add(name, path)
         self._active = next(iter(self._info), None)
@@ -225,8 +124,8 @@ class AdapterSet:
 
     @property
     def active(self) -> str | None:
-        """The adapter used when a call names none; ``None``: the bare base (also inside ``base_only``)."""
-        return None if self._disabled else self._active
+        """The adapter used when a call names none (inside ``using``: that block's); ``None``: the bare base."""
+        return self._scope[-1] if self._scope else self._active
 
     @property
     def info(self) -> dict[str, AdapterInfo]:
@@ -239,8 +138,8 @@ class AdapterSet:
         return name
 
     def _changing(self) -> None:
-        if self._disabled:
-            raise PeftGpt2Error("cannot change adapters inside base_only()")
+        if self._scope:
+            raise PeftGpt2Error("cannot change adapters inside using() or base_only()")
 
     def add(self, name: str, path: str | Path) -> None:
         """Load the adapter at ``path`` as ``name`` (checked by ``attach``: kind, safetensors, base); not activated."""
@@ -250,15 +149,13 @@ class AdapterSet:
                 raise PeftGpt2Error(f"an adapter named {name!r} is already loaded")
             try:
                 self.model = attach(self.model, path, name, force=self.force, allow_pickle=self.allow_pickle)
-            except PeftGpt2Error:
-                raise
-            except Exception as err:  # e.g. unreadable weights, found after PEFT added the adapter
+            except Exception:  # e.g. unreadable weights, found after PEFT added the adapter
                 if self._info and name in self.model.peft_config:  # a half-loaded adapter must not linger
                     self.model.delete_adapter(name)
                     self._refreeze()
-                raise PeftGpt2Error(f"{path}: could not load the adapter ({type(err).__name__}: {err})") from err
+                raise
             self.model.eval()
-            self._info[name] = AdapterInfo(Path(path), read_provenance(path))
+            self._info[name] = AdapterInfo(Path(path), Provenance.read(path))
 
     def _refreeze(self) -> None:
         """PEFT's ``delete_adapter`` re-activates another adapter with ``requires_grad=True``; undo that."""
@@ -286,18 +183,22 @@ class AdapterSet:
             self._active = None if self._active == name else self._active
 
     @contextmanager
-    def base_only(self) -> Iterator[None]:
-        """Adapters disabled inside the block (also for direct ``self.model`` calls); holds ``lock`` throughout."""
+    def using(self, name: str | None) -> Iterator[None]:
+        """Route every call inside the block through adapter ``name`` (``None``: the bare base), direct
+        ``self.model(...)`` and ``self.model.generate(...)`` calls included; holds ``lock`` throughout."""
         with self.lock:
-            if not self._info:
-                yield
-                return
-            self._disabled = True
-            try:
-                with self.model.disable_adapter():
+            if name is not None:
+                self._known(name)
+            with self._routed([name]):
+                self._scope.append(name)
+                try:
                     yield
-            finally:
-                self._disabled = False
+                finally:
+                    self._scope.pop()
+
+    def base_only(self) -> contextlib.AbstractContextManager[None]:
+        """``using(None)``: adapters disabled inside the block."""
+        return self.using(None)
 
     def combine(self, name: str, weights: dict[str, float], *, combination_type: str = "cat") -> str:
         """Add ``name`` = weighted sum of loaded adapters (PEFT ``add_weighted_adapter``), without activating it.
@@ -329,25 +230,37 @@ class AdapterSet:
             self._refreeze()
             self.model.eval()  # PEFT injects the new adapter's dropout modules in training mode
             first = self._info[next(iter(weights))].provenance
-            keep = ("base_model", "base_model_path", "base_config_fingerprint", "model_type", "template")
-            provenance = {k: first[k] for k in keep if k in first}
-            provenance.update(name=name, method="lora-combined", combined_from=dict(weights), combination_type=kind)
+            provenance = Provenance(
+                name=name,
+                method="lora-combined",
+                base_model=first.base_model,
+                base_model_path=first.base_model_path,
+                base_config_fingerprint=first.base_config_fingerprint,
+                model_type=first.model_type,
+                template=first.template,
+                combined_from=dict(weights),
+                combination_type=kind,
+            )
             self._info[name] = AdapterInfo(None, provenance)
             return kind
 
-    def _template(self, name: str | None) -> Template:
+    def template_for(self, name: str | None) -> Template:
+        """The prompt template rows for adapter ``name`` are rendered with (``None``: the base, which takes the
+        first adapter's): the set's ``template`` if given, else the adapter's recorded one."""
         if self.template:
             return TEMPLATES[self.template]
         sources = [self._info[name]] if name else list(self._info.values())
-        recorded = (i.provenance.get("template") for i in sources)
-        return TEMPLATES[next((t for t in recorded if t in TEMPLATES), "alpaca")]
+        recorded = (i.provenance.template for i in sources)
+        return get_template(next((t for t in recorded if t in TEMPLATES), Provenance().template))
 
     @contextmanager
     def _routed(self, rows: list[str | None]) -> Iterator[dict]:
         """Set the model up for ``rows`` (one adapter name or ``None`` each); yield the extra forward kwargs."""
-        if self._disabled and any(rows):
-            raise PeftGpt2Error("adapters are disabled inside base_only(); name adapters outside it")
-        if not self._info or self._disabled:
+        if self._scope:
+            if any(row != self._scope[-1] for row in rows):
+                raise PeftGpt2Error(f"inside using({self._scope[-1]!r}) every row runs through that one")
+            yield {}
+        elif not self._info:
             yield {}
         elif len(set(rows)) > 1:  # PEFT's mixed batch: each row through its own adapter, "__base__" for none
             yield {"adapter_names": [row or "__base__" for row in rows]}
@@ -372,7 +285,7 @@ class AdapterSet:
         adapters: list[str | None] | None = None,
         settings: GenerationSettings | None = None,
         raw: bool = False,
-    ) -> list[str]:
+    ) -> list[Completion]:
         """Answer instructions, each rendered through its adapter's template.
 
         Args:
@@ -381,24 +294,18 @@ class AdapterSet:
                 mixed batch; default: ``active`` for all.
             settings (`GenerationSettings`, *optional*): decoding; greedy by default.
             raw (`bool`, defaults to `False`): use ``prompts`` as-is, without the template.
+
+        Returns:
+            `list[Completion]`: per prompt, the answer's ``text``, its generated ``tokens`` and ``finish_reason``.
         """
         with self.lock:
             rows = self._rows(len(prompts), adapters)
             texts = [
-                p if raw else self._template(r).prompt(*((p,) if isinstance(p, str) else p))
+                p if raw else self.template_for(r).prompt(*((p,) if isinstance(p, str) else p))
                 for p, r in zip(prompts, rows, strict=True)
             ]
             with self._routed(rows) as extra:
                 return generate(self.model, self.tokenizer, texts, settings, **extra)
-
-    def logits(self, texts: str | list[str], *, adapters: list[str | None] | None = None) -> torch.Tensor:
-        """Next-token logits ``[batch, length, vocab]`` of raw texts (left-padded), for tests and debugging."""
-        import torch
-
-        texts = [texts] if isinstance(texts, str) else texts
-        with self.lock, self._routed(self._rows(len(texts), adapters)) as extra, torch.inference_mode():
-            batch = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
-            return self.model(**batch.to(self.model.device), **extra).logits
 
     def merge(self, name: str, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``name`` merged into a freshly loaded base, as a plain model folder (see ``merge_adapter``).
@@ -413,14 +320,12 @@ class AdapterSet:
         """
         with self.lock:
             info = self._info[self._known(name)]
-        kwargs = dict(base=self.base_name or info.provenance.get("base_model"), overwrite=overwrite, name=name)
-        kwargs.update(force=self.force, allow_pickle=self.allow_pickle, template=self._template(name).name)
-        from peft_gpt2.merge import merge_adapter
-
+        kwargs = dict(base=self.base_name or info.provenance.base_model, overwrite=overwrite, name=name)
+        kwargs.update(force=self.force, allow_pickle=self.allow_pickle, template=self.template_for(name).name)
         if info.path is not None:
             return merge_adapter(info.path, out_dir, **kwargs)
         with tempfile.TemporaryDirectory() as tmp:  # a combine result lives only in memory: save it first
             with self.lock:
                 self.model.save_pretrained(tmp, selected_adapters=[name])
-            (Path(tmp) / name / PROVENANCE).write_text(json.dumps(info.provenance), encoding="utf-8")
+            info.provenance.write(Path(tmp) / name)
             return merge_adapter(Path(tmp) / name, out_dir, source="AdapterSet.combine", **kwargs)

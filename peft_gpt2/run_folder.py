@@ -1,0 +1,144 @@
+"""The run folder: the one contract between training and everything after it.
+
+    python -c "from peft_gpt2.run_folder import Provenance; print(Provenance.read('adapters/quickstart'))"
+
+A run folder (``adapters/<name>/``, or a merged model folder) is a PEFT adapter or a plain model folder plus the
+files named here. This module owns their names, the typed provenance record (``peft_gpt2.json``) and publishing a
+folder or file in one step; no other module builds or parses that JSON by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.templates import DEFAULT_TEMPLATE
+
+PROVENANCE = "peft_gpt2.json"  # the provenance record
+RECIPE = "recipe.yaml"  # the fully resolved recipe
+TEST_SPLIT = "test.json"  # the held-out records (instructions) that ``compare --data test`` scores
+TRAIN_LOG = "train_log.json"  # the Trainer's log history
+
+
+@dataclass
+class Provenance:
+    """What made a run folder: base, method, data, cost, and the results seen during training.
+
+    Every field is optional, so a folder trained elsewhere reads as an empty record; ``template`` falls back to
+    the default template, the one a run without a recorded template was trained with.
+    """
+
+    name: str | None = None
+    method: str | None = None  # full | lora | lora-8bit | lora-merged | lora-combined
+    base_model: str | None = None  # what ``models.load_base`` loads (hub id, folder, .gguf, preset)
+    base_model_path: str | None = None
+    base_config_fingerprint: str | None = None  # ``models.config_fingerprint`` of the base config
+    model_type: str | None = None
+    template: str = DEFAULT_TEMPLATE
+    data_format: str | None = None
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+    precision: str | None = None
+    train_time_s: float | None = None
+    train_steps: int | None = None
+    train_loss: float | None = None
+    validation_loss_before: float | None = None
+    validation_loss_after: float | None = None
+    peak_memory_mb: float | None = None
+    device: str | None = None
+    processes: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # counts: records read, dropped, split sizes
+    recipe: dict[str, Any] = field(default_factory=dict)  # the resolved recipe
+    versions: dict[str, str] = field(default_factory=dict)
+    merged_adapter: str | None = None  # merge: the adapter's name
+    merged_from: str | None = None  # merge: the adapter's folder
+    adapter_provenance: dict[str, Any] | None = None  # merge: the adapter's own record
+    combined_from: dict[str, float] | None = None  # combine: {adapter: weight}
+    combination_type: str | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Provenance:
+        """The folder's record; an empty one (default template) for a folder without ``peft_gpt2.json``.
+
+        Keys this version does not know are ignored, so a record written by a newer version still loads.
+        """
+        file = Path(folder) / PROVENANCE
+        if not file.exists():
+            return cls(created="")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PeftGpt2Error(f"{file}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise PeftGpt2Error(f"{file}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        record = cls(**{k: v for k, v in data.items() if k in known and v is not None})
+        if not isinstance(record.template, str):
+            raise PeftGpt2Error(f"{file}: template must be a template name, got {record.template!r}")
+        return record
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``peft_gpt2.json`` into ``folder`` (atomically)."""
+        file = Path(folder) / PROVENANCE
+        write_atomic(file, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
+        return file
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def held_out_records(folder: str | Path) -> Path | None:
+    """The folder's held-out records, if it has them (a text-corpus run or a folder trained elsewhere has none)."""
+    path = Path(folder) / TEST_SPLIT
+    return path if path.exists() else None
+
+
+@contextmanager
+def staged_folder(out: Path, *, overwrite: bool):
+    """Yield a temporary folder beside ``out``; publish it as ``out`` if the block finishes, else remove it.
+
+    The block writes a complete folder there; a crash never leaves one that looks complete. ``out`` appearing
+    while the block ran (another run of the same name) is refused unless ``overwrite``.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield stage
+        if out.exists() and not overwrite:
+            raise PeftGpt2Error(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+        publish_folder(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish_folder(src: Path, dst: Path) -> None:
+    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is set aside first, removed only after."""
+    src.chmod(0o755)  # tempfile.mkdtemp makes folders private
+    old = dst.with_name(f".{dst.name}.old-{time.time_ns()}")
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temp file in the same folder, then rename: readers see the old file or the new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(fd, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

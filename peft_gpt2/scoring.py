@@ -1,0 +1,121 @@
+"""Teacher-forced scoring: how likely a model finds given tokens (perplexity, token accuracy), no generation.
+
+    python -c "from peft_gpt2.models import load_base; from peft_gpt2.scoring import completion_loss; \
+m, t = load_base('tiny-gpt2'); print(completion_loss(m, t, [{'prompt': 'Q: hi\\n', 'completion': 'hello'}]))"
+
+The loss is over the same tokens training learns (completion + eos, never prompt or padding), summed per token
+over the whole set, so the perplexity does not depend on batch size or on how rows of different lengths are
+grouped. Training (validation loss) and evaluation both score through here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.models import max_positions
+from peft_gpt2.templates import tokenize_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def completion_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    *,
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> dict:
+    """Teacher-forced NLL of each completion and its eos given the prompt, summed per token over all pairs.
+
+    Sums, not per-batch means, so perplexity is ``exp(total NLL / total completion tokens)`` for any batching.
+    Labels are masked by position (prompt length, right padding), never by token id: GPT-2's pad is its eos,
+    and the eos that ends each completion is scored as in training.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): A causal LM; run in eval mode (restored afterwards).
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token and an eos token.
+        pairs (`list[dict]`): ``{"prompt", "completion"}`` as `Template.render` makes them.
+        batch_size (`int`, defaults to 16): Sequences per forward pass, grouped by length to cut padding.
+        max_length (`int`, defaults to 1024): Tokens kept per sequence (from the start; capped at the model's
+            positions). A pair whose prompt alone fills it is dropped, as in training.
+
+    Returns:
+        `dict`: ``nll_sum``, ``tokens`` (scored completion + eos tokens), ``correct`` (argmax hits), ``loss``
+        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts).
+
+    Raises:
+        `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
+    """
+    if not pairs:
+        raise PeftGpt2Error("no pairs to score")
+    if batch_size < 1:
+        raise PeftGpt2Error(f"batch_size={batch_size} must be >= 1")
+    max_length = min(max_length, max_positions(model.config) or max_length)
+    kept = tokenize_pairs(pairs, tokenizer, max_length, "truncate", "eval")
+    if not kept.pairs:
+        raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")
+    rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in kept.full_ids]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = token_loss(model, rows, [len(p) for p in kept.prompt_ids], pad_token_id=pad, batch_size=batch_size)
+    return {**result, "truncated": kept.truncated, "dropped": kept.dropped}
+
+
+def token_loss(
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    starts: list[int],
+    *,
+    pad_token_id: int,
+    batch_size: int = 16,
+) -> dict:
+    """Summed next-token NLL and argmax hits over the labelled positions of token rows.
+
+    Row ``i`` is scored from its token ``starts[i]`` on (0 for plain text: every token after the first; the
+    prompt length for a prompt+completion row). Padding is masked by position, never by token id.
+
+    Returns:
+        `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
+        ``token_accuracy``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    nll, tokens, correct = 0.0, 0, 0
+    was_training = model.training
+    model.eval()  # dropout off: the same model must score the same
+    try:
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin : begin + batch_size]
+            width = len(rows[idx[0]])
+            ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
+            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
+            labels = ids.masked_fill(mask == 0, -100)
+            for row, i in enumerate(idx):
+                labels[row, : starts[i]] = -100
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            labels = labels[:, 1:]
+            keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
+            scored = logits[:, :-1][keep].float()
+            targets = labels[keep]
+            nll += F.cross_entropy(scored, targets, reduction="sum").item()
+            correct += int((scored.argmax(-1) == targets).sum())
+            tokens += int(keep.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise PeftGpt2Error("no labelled tokens to score")
+    loss = nll / tokens
+    return {
+        "nll_sum": nll,
+        "tokens": tokens,
+        "correct": correct,
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "token_accuracy": correct / tokens,
+    }
