@@ -15,9 +15,10 @@ import torch
 
 import peft_gpt2.evaluation as evaluation
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.evaluation import completion_loss, evaluate_model, load_eval_records
-from peft_gpt2.generation import GenerationSettings, generate
-from peft_gpt2.prompts import TEMPLATES
+from peft_gpt2.evaluation import evaluate_model, load_eval_records
+from peft_gpt2.generation import Completion, GenerationSettings, generate
+from peft_gpt2.scoring import completion_loss
+from peft_gpt2.templates import TEMPLATES
 
 PAIRS = [  # completions of clearly different lengths
     {"prompt": "### Instruction:\nName a colour.\n\n### Response:\n", "completion": "Red"},
@@ -202,7 +203,7 @@ def test_evaluate_model_wiring(tiny, monkeypatch):
 
     def fake_generate(model, tokenizer, prompts, settings):
         seen.update(prompts=prompts, settings=settings)
-        return [r["output"] for r in RECORDS]
+        return [Completion(r["output"], 3, "stop") for r in RECORDS]
 
     monkeypatch.setattr(evaluation, "generate", fake_generate)
     result = evaluate_model(model, tokenizer, RECORDS, template="short", settings=GenerationSettings(stop=["END"]))
@@ -231,7 +232,7 @@ def test_evaluate_model_real_generation_in_input_order(positional):
     result = evaluate_model(model, tokenizer, RECORDS, settings=settings, batch_size=2)
     prompts = [TEMPLATES["alpaca"].render(r)["prompt"] for r in RECORDS]
     assert [a["generated"] for a in result["answers"]] == [
-        generate(model, tokenizer, [p], settings)[0] for p in prompts
+        generate(model, tokenizer, [p], settings)[0].text for p in prompts
     ]
     assert [a["instruction"] for a in result["answers"]] == [r["instruction"] for r in RECORDS]
     m = result["metrics"]

@@ -69,10 +69,17 @@ def record_calls(model, monkeypatch) -> list[tuple[int, int]]:
     return calls
 
 
+def texts(*args, **kwargs) -> list[str]:
+    """``generate``'s answers as text."""
+    return [c.text for c in generate(*args, **kwargs)]
+
+
 def test_batched_left_padded_equals_one_by_one(positional, reference):
     model, tokenizer = positional
     batched = generate(model, tokenizer, PROMPTS, FREE)
     single = generate(model, tokenizer, PROMPTS, replace(FREE, batch_size=1))
+    assert {(c.tokens, c.finish_reason) for c in batched} == {(N, "length")}
+    batched, single = [c.text for c in batched], [c.text for c in single]
     assert batched == single
     assert single == [tokenizer.decode(reference[p]).strip() for p in PROMPTS]
     assert len(set(batched)) == len(PROMPTS)  # distinct outputs, so a mix-up of rows would show
@@ -83,16 +90,16 @@ def test_wrong_position_ids_would_be_caught(positional, monkeypatch):
     model, tokenizer = positional
     if not hasattr(model, "_prepare_position_ids_for_generation"):
         pytest.skip("transformers internals changed; the equality test above still guards positions")
-    single = generate(model, tokenizer, PROMPTS, replace(FREE, batch_size=1))
+    single = texts(model, tokenizer, PROMPTS, replace(FREE, batch_size=1))
     monkeypatch.setattr(
         model, "_prepare_position_ids_for_generation", lambda inputs, kwargs: torch.arange(inputs.shape[1]).unsqueeze(0)
     )
-    assert generate(model, tokenizer, PROMPTS, FREE) != single
+    assert texts(model, tokenizer, PROMPTS, FREE) != single
 
 
 def test_results_in_input_order_across_batches(positional, reference):
     model, tokenizer = positional
-    results = generate(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=8, stop=[], batch_size=2))
+    results = texts(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=8, stop=[], batch_size=2))
     assert results == [tokenizer.decode(reference[p][:8]).strip() for p in PROMPTS]
 
 
@@ -108,7 +115,7 @@ def test_returns_only_the_continuation(positional, reference):
     model, tokenizer = positional
     prompt = PROMPTS[2]
     full = tokenizer.decode(tokenizer(prompt)["input_ids"] + reference[prompt])
-    (result,) = generate(model, tokenizer, [prompt], FREE)
+    (result,) = texts(model, tokenizer, [prompt], FREE)
     assert full.startswith(prompt)
     assert result and result == full[len(prompt) :].strip()
 
@@ -124,8 +131,9 @@ def test_stop_string_cuts_text_and_stops_generation(positional, reference, monke
     assert 3 < needed < N - 3, "pick a stop string from the middle"
     calls = record_calls(model, monkeypatch)
     (result,) = generate(model, tokenizer, [PROMPTS[0]], GenerationSettings(max_new_tokens=N, stop=[stop]))
-    assert result == full[: full.find(stop)].strip()
+    assert result.text == full[: full.find(stop)].strip()
     assert [generated for _, generated in calls] == [needed]
+    assert (result.tokens, result.finish_reason) == (needed, "stop")  # counted as generated, not re-tokenized
 
 
 def test_stop_string_begun_in_the_prompt_does_not_count(positional, reference, monkeypatch):
@@ -137,14 +145,15 @@ def test_stop_string_begun_in_the_prompt_does_not_count(positional, reference, m
     assert stop in prompt + completion and stop not in completion
     calls = record_calls(model, monkeypatch)
     (result,) = generate(model, tokenizer, [prompt], GenerationSettings(max_new_tokens=N, stop=[stop]))
-    assert result == completion.strip()
+    assert result.text == completion.strip()
     assert [generated for _, generated in calls] == [N]
+    assert (result.tokens, result.finish_reason) == (N, "length")
 
 
 def test_stop_strings_per_row_in_a_batch(positional, reference):
     model, tokenizer = positional
     stop = tokenizer.decode(reference[PROMPTS[1]][5:7]).strip()
-    results = generate(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=N, stop=["@@@", stop]))
+    results = texts(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=N, stop=["@@@", stop]))
     expected = []
     for prompt in PROMPTS:
         full = tokenizer.decode(reference[prompt])
@@ -162,8 +171,9 @@ def test_eos_ends_the_completion(positional, reference, monkeypatch):
     monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
     calls = record_calls(model, monkeypatch)
     (result,) = generate(model, tokenizer, [PROMPTS[3]], FREE)
-    assert result == tokenizer.decode(ids[:first]).strip()
+    assert result.text == tokenizer.decode(ids[:first]).strip()
     assert [generated for _, generated in calls] == [first + 1]
+    assert (result.tokens, result.finish_reason) == (first, "stop")  # the eos itself not counted
 
 
 def test_mixed_adapter_batch_follows_the_length_sort(tiny):

@@ -146,7 +146,7 @@ def test_crash_mid_write_keeps_old_file_and_removes_temp(rows, tmp_path, monkeyp
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("peft_gpt2.folders.os.replace", crash)
+    monkeypatch.setattr("peft_gpt2.run_folder.os.replace", crash)
     with pytest.raises(OSError):
         write_report(rows[:1], tmp_path, "cmp")
     assert (tmp_path / "cmp.md").read_bytes() == before
