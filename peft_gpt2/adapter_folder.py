@@ -91,12 +91,25 @@ def attach(
         raise PeftGpt2Error(f"{path} is a full model folder, not an adapter; load it as a model (--model {path})")
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     check_base(path, base, force=force)
+    check_readable(path)
     if isinstance(model, PeftModel):
         if name in model.peft_config:
             raise PeftGpt2Error(f"an adapter named {name!r} is already loaded")
         model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         return model
     return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+
+
+def check_readable(path: str | Path) -> None:
+    """Refuse a folder whose safetensors weights are not a readable safetensors file, naming the file."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except Exception as err:  # safetensors raises its own error type for a bad header
+            raise PeftGpt2Error(f"{file}: not a readable safetensors file ({err})") from None
 
 
 def disk_size_mb(path: str | Path) -> float:

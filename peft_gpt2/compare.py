@@ -168,6 +168,11 @@ def compare(
             with adapter_set.using(None if run.kind == "base" else run.label):
                 rows += score(adapter_set.model, tokenizer, run)
         del model, adapter_set
+    for run in runs:
+        if run.kind == "model":
+            full, full_tokenizer = load_base(str(run.path))
+            rows += score(full, full_tokenizer, run)
+            del full
     order = {r.label: i for i, r in enumerate(runs)}
     set_order = {name: i for i, (name, _, _) in enumerate(sets)}
     return sorted(rows, key=lambda row: (set_order[row["dataset"]], order[row["model"]]))

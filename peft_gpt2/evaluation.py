@@ -46,7 +46,7 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     """Read an evaluation set as Alpaca-shaped records, so generation and loss see one shape whatever the file.
 
     Args:
-        source (`str`): A JSON or JSONL file (or anything `peft_gpt2.data` reads) of QA records
+        source (`str`): A JSON or JSONL file (or anything `peft_gpt2.sources.read_source` reads) of QA records
             (``question``, ``answer``) or Alpaca records (``instruction``, ``input``, ``output``).
         task (`str`, *optional*): ``"qa"`` or ``"instructions"``; detected from the first record's keys if unset.
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from peft_gpt2.folders import write_atomic
+from peft_gpt2.run_folder import write_atomic
 
 # (row key, table header, format spec); "" means str(value).
 COLUMNS: list[tuple[str, str, str]] = [

@@ -10,12 +10,14 @@ import pytest
 import torch
 from conftest import train_toy_adapter
 
-from peft_gpt2 import adapters as adapters_module
+from peft_gpt2 import adapter_set as adapter_set_module
 from peft_gpt2 import models
-from peft_gpt2.adapters import AdapterSet, attach, check_name, folder_kind
+from peft_gpt2.adapter_folder import attach, folder_kind
+from peft_gpt2.adapter_set import AdapterSet, check_name
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.merge import merge_adapter
+from peft_gpt2.run_folder import Provenance
 
 FAST = GenerationSettings(max_new_tokens=6, stop=["###"])
 TEXT = "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n"
@@ -43,6 +45,12 @@ def fresh_logits(path=None, text=TEXT):
         return model.eval()(**tokenizer([text], return_tensors="pt")).logits
 
 
+def logits(m: AdapterSet, adapter: str | None = "active", text: str = TEXT) -> torch.Tensor:
+    """Logits of ``text`` by a direct ``m.model`` call inside ``m.using(adapter)`` (default: the active one)."""
+    with m.using(m.active if adapter == "active" else adapter), torch.inference_mode():
+        return m.model(**m.tokenizer([text], return_tensors="pt")).logits
+
+
 def frozen(m: AdapterSet) -> bool:
     """Eval mode all the way down (dropout off) and no gradients: inference mode."""
     return not any(x.training for x in m.model.modules()) and not any(p.requires_grad for p in m.model.parameters())
@@ -58,7 +66,7 @@ def test_swapping_is_bit_identical_to_fresh_loads(m, pair):
     seen = {}
     for name in ("A", "B", "A", "B"):
         m.use(name)
-        seen.setdefault(name, []).append(m.logits(TEXT))
+        seen.setdefault(name, []).append(logits(m))
     for name in ("A", "B"):
         expected = fresh_logits(pair[name])
         assert all(torch.equal(got, expected) for got in seen[name])
@@ -68,9 +76,11 @@ def test_swapping_is_bit_identical_to_fresh_loads(m, pair):
 
 def test_mixed_batch_equals_single_runs(m):
     rows = ["A", "B", None]
-    mixed = m.logits([TEXT] * 3, adapters=rows)
+    with torch.inference_mode():  # PEFT's per-row routing over the set's adapters
+        batch = m.tokenizer([TEXT] * 3, return_tensors="pt")
+        mixed = m.model(**batch, adapter_names=[r or "__base__" for r in rows]).logits
     for i, name in enumerate(rows):
-        assert torch.allclose(mixed[i], m.logits(TEXT, adapters=[name])[0], atol=1e-5)
+        assert torch.allclose(mixed[i], logits(m, name)[0], atol=1e-5)
     prompts = [("Double it.", "7"), ("Shout it.", "cat"), ("Double it.", "3")]
     together = m.generate(prompts, adapters=rows, settings=FAST)
     alone = [m.generate([p], adapters=[n], settings=FAST)[0] for p, n in zip(prompts, rows, strict=True)]
@@ -83,28 +93,42 @@ def test_base_only_is_the_bare_base_and_restores_the_active_adapter(m):
     bare = fresh_logits()
     with m.base_only():
         assert m.active is None
-        assert torch.equal(m.logits(TEXT), bare)
+        assert torch.equal(logits(m), bare)
         with torch.inference_mode():  # direct model calls see the base too
             assert torch.equal(m.model(**m.tokenizer([TEXT], return_tensors="pt")).logits, bare)
-        with pytest.raises(PeftGpt2Error, match="disabled inside base_only"):
-            m.logits(TEXT, adapters=["A"])
-        with pytest.raises(PeftGpt2Error, match="inside base_only"):
+        with pytest.raises(PeftGpt2Error, match="every row runs through that one"):
+            m.generate(["x"], adapters=["A"])
+        with pytest.raises(PeftGpt2Error, match="cannot change adapters inside"):
             m.use("A")
     assert m.active == "B"
-    assert torch.equal(m.logits(TEXT), m.logits(TEXT, adapters=["B"]))
-    assert not torch.allclose(m.logits(TEXT), bare, atol=1e-4)
+    assert torch.equal(logits(m), logits(m, "B"))
+    assert not torch.allclose(logits(m), bare, atol=1e-4)
+
+
+def test_using_routes_direct_model_calls_and_restores_the_default(m, pair):
+    with m.using("B"):
+        assert m.active == "B"
+        with torch.inference_mode():
+            direct = m.model(**m.tokenizer([TEXT], return_tensors="pt")).logits
+        assert torch.equal(direct, fresh_logits(pair["B"]))
+        assert m.generate(["Double it."], settings=FAST) == m.generate(["Double it."], adapters=["B"], settings=FAST)
+        with pytest.raises(PeftGpt2Error, match="cannot change adapters inside"):
+            m.unload("A")
+    assert m.active == "A" and torch.equal(logits(m), fresh_logits(pair["A"]))
+    with pytest.raises(PeftGpt2Error, match="no adapter named 'Z'"):
+        m.using("Z").__enter__()
 
 
 def test_combine(m):
     assert m.combine("A1", {"A": 1.0}) == "cat"
-    assert torch.allclose(m.logits(TEXT, adapters=["A1"]), m.logits(TEXT, adapters=["A"]), atol=1e-5)
+    assert torch.allclose(logits(m, "A1"), logits(m, "A"), atol=1e-5)
     assert m.names == ["A", "B", "A1"] and m.active == "A" and frozen(m)
     # "cat" is the exact sum (here of unequal ranks), which equals PEFT running both adapters at once.
     assert m.combine("AB", {"A": 1.0, "B": 1.0}) == "cat"
     m.model.base_model.set_adapter(["A", "B"], inference_mode=True)
     with torch.inference_mode():
         both = m.model(**m.tokenizer([TEXT], return_tensors="pt")).logits
-    assert torch.allclose(m.logits(TEXT, adapters=["AB"]), both, atol=1e-5)
+    assert torch.allclose(logits(m, "AB"), both, atol=1e-5)
     with pytest.raises(PeftGpt2Error, match="already loaded"):
         m.combine("AB", {"A": 0.5})
     with pytest.raises(PeftGpt2Error, match="no adapter named 'Z'"):
@@ -120,13 +144,13 @@ def test_merge_writes_a_plain_model_folder(m, tmp_path):
     out = m.merge("A", tmp_path / "merged" / "A")
     assert folder_kind(out) == "model" and not (out / "adapter_config.json").exists()
     assert any(out.glob("*.safetensors")) and (out / "tokenizer_config.json").exists()
-    provenance = json.loads((out / "peft_gpt2.json").read_text())
-    assert provenance["method"] == "lora-merged" and provenance["merged_adapter"] == "A"
-    assert provenance["base_model"] == "tiny-gpt2" and provenance["template"] == "short"
+    provenance = Provenance.read(out)
+    assert provenance.method == "lora-merged" and provenance.merged_adapter == "A"
+    assert provenance.base_model == "tiny-gpt2" and provenance.template == "short"
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.inference_mode():
         got = merged(**m.tokenizer([TEXT], return_tensors="pt")).logits
-    assert torch.allclose(got, m.logits(TEXT, adapters=["A"]), atol=1e-4)
+    assert torch.allclose(got, logits(m, "A"), atol=1e-4)
     assert [p.name for p in (tmp_path / "merged").iterdir()] == ["A"]  # no temp folders left behind
     assert (out.stat().st_mode & 0o777) == 0o755 and (out / "test.json").exists()
     with pytest.raises(PeftGpt2Error, match="already exists"):
@@ -138,7 +162,7 @@ def test_merge_writes_a_plain_model_folder(m, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(m.merge("AB", tmp_path / "AB")).eval()
     with torch.inference_mode():
         got = merged(**m.tokenizer([TEXT], return_tensors="pt")).logits
-    assert torch.allclose(got, m.logits(TEXT, adapters=["AB"]), atol=1e-4)
+    assert torch.allclose(got, logits(m, "AB"), atol=1e-4)
     assert json.loads((tmp_path / "AB" / "peft_gpt2.json").read_text())["merged_from"] == "AdapterSet.combine"
     assert m.names == ["A", "B", "AB"] and frozen(m)
 
@@ -152,8 +176,8 @@ def test_merge_adapter_loads_one_base(pair, tmp_path, monkeypatch, tiny_path):
     monkeypatch.setattr(models, "load_base", lambda name, **kw: calls.append(name) or real(name, **kw))
     out = merge_adapter(pair["B"], tmp_path / "B")
     assert calls == ["tiny-gpt2"]
-    provenance = json.loads((out / "peft_gpt2.json").read_text())
-    assert provenance["merged_adapter"] == "toy-B" and provenance["merged_from"] == str(pair["B"])
+    provenance = Provenance.read(out)
+    assert provenance.merged_adapter == "toy-B" and provenance.merged_from == str(pair["B"])
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.inference_mode():
         got = merged(**merged_tokenizer(out)([TEXT], return_tensors="pt")).logits
@@ -191,14 +215,14 @@ def test_refused_folders(m, pair, tmp_path, tiny_path):
     broken = tmp_path / "broken"
     shutil.copytree(pair["B"], broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(PeftGpt2Error, match="could not load the adapter"):
+    with pytest.raises(PeftGpt2Error, match="not a readable safetensors file"):
         m.add("broken", broken)
     assert "broken" not in m.model.peft_config  # PEFT had added it before reading the weights
     assert m.names == ["A", "B"] and frozen(m)  # refusals change nothing
     m.allow_pickle = m.force = True
     m.add("pickled", pickled)
     m.add("other", other)
-    assert torch.equal(m.logits(TEXT, adapters=["pickled"]), m.logits(TEXT, adapters=["A"]))
+    assert torch.equal(logits(m, "pickled"), logits(m, "A"))
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "base", "__base__", "default", "", "x.y", "-a", "a" * 65, None])
@@ -224,18 +248,18 @@ def test_unload(m, pair):
         m.use("A")
     with pytest.raises(PeftGpt2Error, match="no adapter named 'A'"):
         m.generate(["x"], adapters=["A"])
-    assert torch.equal(m.logits(TEXT, adapters=["B"]), fresh_logits(pair["B"]))
+    assert torch.equal(logits(m, "B"), fresh_logits(pair["B"]))
     m.unload("B")  # the last one: back to the plain base model
-    assert m.names == [] and torch.equal(m.logits(TEXT), fresh_logits())
+    assert m.names == [] and torch.equal(logits(m), fresh_logits())
     assert m.generate(["Double it."], settings=FAST) == m.generate(["Double it."], adapters=[None], settings=FAST)
     m.add("A", pair["A"])
     assert m.active is None
-    assert torch.equal(m.logits(TEXT, adapters=["A"]), fresh_logits(pair["A"]))
+    assert torch.equal(logits(m, "A"), fresh_logits(pair["A"]))
 
 
 def test_generate_renders_the_template(m, monkeypatch):
     seen = []
-    monkeypatch.setattr(adapters_module, "generate", lambda model, tok, texts, settings, **kw: seen.append(texts))
+    monkeypatch.setattr(adapter_set_module, "generate", lambda model, tok, texts, settings, **kw: seen.append(texts))
     m.generate(["Double it.", ("Double it.", "4")])
     m.generate(["as is"], raw=True)
     assert seen[0] == [
@@ -287,5 +311,5 @@ def test_base_only_set(tiny):
     m = AdapterSet(model, tokenizer)
     assert m.names == [] and m.active is None
     with m.base_only():
-        assert torch.equal(m.logits(TEXT), fresh_logits())
+        assert torch.equal(logits(m), fresh_logits())
     assert len(m.generate(["Double it."], settings=FAST)) == 1

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from peft_gpt2 import chat
-from peft_gpt2.adapters import AdapterSet
+from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.chat import chat_main, run_chat
-from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.generation import Completion, GenerationSettings
 from peft_gpt2.models import config_fingerprint
+from peft_gpt2.run_folder import Provenance
 
 FAST = GenerationSettings(max_new_tokens=4)
 
@@ -31,14 +30,8 @@ def folders(tmp_path_factory, tiny_path):
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, config)
         peft_model.save_pretrained(root / name)
-        provenance = {
-            "name": name,
-            "method": "lora",
-            "base_model": tiny_path,
-            "base_config_fingerprint": config_fingerprint(model.config),
-            "template": "short",
-        }
-        (root / name / "peft_gpt2.json").write_text(json.dumps(provenance))
+        fingerprint = config_fingerprint(model.config)
+        Provenance(name, "lora", tiny_path, base_config_fingerprint=fingerprint, template="short").write(root / name)
         out[name] = root / name
     return out
 
@@ -74,7 +67,8 @@ def run(m, *lines):
 
 def fake_generate(monkeypatch, m):
     """Answers name the adapter that would answer."""
-    monkeypatch.setattr(m, "generate", lambda prompts, **kw: [f"{m.active or 'base'}: {prompts[0]}"])
+    answer = lambda prompts, **kw: [Completion(f"{m.active or 'base'}: {prompts[0]}", 3, "stop")]  # noqa: E731
+    monkeypatch.setattr(m, "generate", answer)
 
 
 def test_switching_changes_who_answers(m, monkeypatch):
@@ -91,7 +85,7 @@ def test_real_answers_differ_by_adapter(m):
     answers = [out[1], out[3], out[5]]  # HELP, answer, switch message, answer, switch message, answer
     assert count == 3 and all(isinstance(a, str) and a for a in answers) and len(set(answers)) == 3
     assert answers == [
-        m.generate(["Say hi."], adapters=[name], settings=FAST)[0] or "(empty answer)"
+        m.generate(["Say hi."], adapters=[name], settings=FAST)[0].text or "(empty answer)"
         for name in ("alpha", "beta", None)
     ]
 

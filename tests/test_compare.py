@@ -7,13 +7,13 @@ import json
 import pytest
 
 from peft_gpt2 import models
-from peft_gpt2.adapters import attach, folder_kind
+from peft_gpt2.adapter_folder import attach, folder_kind
 from peft_gpt2.cli import main
 from peft_gpt2.compare import compare
-from peft_gpt2.config import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation import evaluate_model, load_eval_records
 from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.recipe import load_recipe
 from peft_gpt2.train import train
 
 QA = [{"question": f"What is {a} plus {a}?", "answer": str(2 * a)} for a in range(6)]
