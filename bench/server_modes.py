@@ -33,7 +33,7 @@ def adapters() -> dict[str, str]:
     out = {n: ROOT / "adapters" / f"bench-{n}" for n in ("A", "B")}
     if all((p / "adapter_config.json").exists() for p in out.values()):
         return {n: str(p) for n, p in out.items()}
-    from peft_gpt2.config import load_recipe
+    from peft_gpt2.recipe import load_recipe
     from peft_gpt2.train import train
 
     data = {

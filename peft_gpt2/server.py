@@ -9,56 +9,60 @@ r"""An OpenAI-compatible HTTP server: one base model, many LoRA adapters, chosen
 the adapter's template (or sends ``"template": true``, an extension: the prompt is then an instruction, rendered
 through the adapter's template, and generation stops at the template's next section). ``temperature`` defaults to
 1 (sampling) as in OpenAI; send 0 for greedy. Unlike OpenAI: one choice per prompt, no streaming, echo or logprobs;
-texts are stripped and cut before the first stop string, and ``finish_reason`` is "length" when the text fills
-``max_tokens`` tokens (counted by re-tokenizing it, as ``completion_tokens`` is).
+texts are stripped and cut before the first stop string. ``finish_reason`` is "length" when ``max_tokens`` ran out
+before eos or a stop string, and ``completion_tokens`` counts the tokens generated (both from ``generation``).
 
-Requests are batched: a worker thread groups queued requests that share decoding settings, whatever their adapters,
-into one mixed-adapter ``AdapterSet.generate`` call, where each row runs through its own adapter only.
-``mode="lock"`` runs each request alone instead. At most ``max_queue`` requests wait or run at once; more get 429.
+Errors come in OpenAI's shape: 422 for a body that is not JSON, lacks a field or has one of the wrong type
+(FastAPI's validation), 400 for a value out of range or unsupported (``n=2``, ``temperature=3``), as OpenAI answers.
+Requests are batched by ``batching.Engine``, in ``mode="batch"`` into mixed-adapter ``AdapterSet.generate`` calls;
+``mode="lock"`` runs each alone. At most ``max_queue`` requests wait or run at once; more get 429.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ipaddress
-import queue
-import threading
 import time
 import uuid
 import warnings
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from peft_gpt2.adapter_set import AdapterSet
+from peft_gpt2.batching import ApiError, Engine, Job
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.generation import Completion, GenerationSettings
+from peft_gpt2.models import max_positions
 
 try:
-    from fastapi import FastAPI, Request
+    from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field, ValidationInfo, field_validator
+    from pydantic_core import PydanticCustomError
     from starlette.exceptions import HTTPException
 except ImportError as err:  # the CLI prints this instead of a traceback
     raise PeftGpt2Error(f"serving needs FastAPI and uvicorn: pip install 'peft-gpt2[serve]' ({err})") from None
 
 UNSUPPORTED = ("n", "best_of", "echo", "stream", "logprobs", "suffix", "presence_penalty", "frequency_penalty")
 LOAD_KWARGS = ("template", "force", "allow_pickle", "dtype", "load_in_8bit")
+# Pydantic error types of a well-typed value out of range (ge=, le=, min_length=) or refused by a validator below:
+# answered 400, as OpenAI does. Other validation errors (not JSON, a missing field, a wrong type) stay FastAPI's 422.
+VALUE_ERRORS = {"greater_than_equal", "less_than_equal", "string_too_short", "invalid_value"}
 
 
 class CompletionRequest(BaseModel):
-    """OpenAI's ``/v1/completions`` body. Fields in ``UNSUPPORTED`` may only hold their defaults (else 400)."""
+    """OpenAI's ``/v1/completions`` body. Fields in ``UNSUPPORTED`` may only hold their defaults (or null); null
+    elsewhere means the default. Limits set by the server (largest ``max_tokens``, prompts per request) are its own."""
 
     model: str
-    prompt: str | list[str]
-    max_tokens: int | None = 16
-    temperature: float | None = 1.0
-    top_p: float | None = 1.0
-    stop: str | list[str] | None = None
+    prompt: list[str]  # or one string
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, ge=0, le=1)
+    stop: list[Annotated[str, Field(min_length=1)]] = []  # or one string, or null
     seed: int | None = None
     template: bool = False
     n: int | None = 1
@@ -70,157 +74,153 @@ class CompletionRequest(BaseModel):
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
 
+    @field_validator("max_tokens", "temperature", "top_p", mode="before")
+    @classmethod
+    def _null_means_default(cls, value, info: ValidationInfo):
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _default_only(cls, value, info: ValidationInfo):
+        if value is not None and value != cls.model_fields[info.field_name].default:
+            hint = " (one completion per prompt only)" if info.field_name in ("n", "best_of") else ""
+            context = {"value": repr(value), "hint": hint}
+            raise PydanticCustomError("invalid_value", "{value} is not supported{hint}", context)
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p_samples(cls, value: float, info: ValidationInfo) -> float:
+        if value == 0 and info.data.get("temperature", 0) > 0:
+            raise PydanticCustomError("invalid_value", "must be > 0 when sampling (temperature > 0)")
+        return value
+
+    @field_validator("prompt", "stop", mode="before")
+    @classmethod
+    def _one_or_many(cls, value, info: ValidationInfo):
+        return [value] if isinstance(value, str) else [] if value is None and info.field_name == "stop" else value
+
 
 @dataclass
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+class Completions:
+    """What ``/v1/completions`` needs besides the body: the adapters, the engine and the server's limits."""
 
-    status: int
-    message: str
-    param: str | None = None
-    code: str | None = None
-    kind: str = "invalid_request_error"
-    headers: dict[str, str] | None = None
+    adapter_set: AdapterSet
+    engine: Engine
+    base_name: str
+    max_batch: int
+    max_tokens: int  # largest max_tokens accepted
+    max_prompt_tokens: int | None
+    positions: int
+    created: int = field(default_factory=lambda: int(time.time()))
 
-    def __str__(self) -> str:
-        return self.message
+    @property
+    def names(self) -> list[str]:
+        return [self.base_name, *self.adapter_set.names]
 
-    def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+    def check_limits(self, body: CompletionRequest) -> None:
+        """The checks that depend on this server's settings (the rest is ``CompletionRequest``'s): 404 or 400."""
+        if body.model not in self.names:  # a name, looked up; never a path
+            message = f"model {body.model!r} not found; available: {', '.join(self.names)}"
+            raise ApiError(404, message, "model", "model_not_found")
+        if not 1 <= len(body.prompt) <= self.max_batch:
+            message = f"send 1 to {self.max_batch} prompts per request, not {len(body.prompt)}"
+            raise ApiError(400, message, "prompt")
+        if body.max_tokens > self.max_tokens:
+            raise ApiError(400, f"max_tokens={body.max_tokens} must be between 1 and {self.max_tokens}", "max_tokens")
 
+    def job_for(self, body: CompletionRequest) -> Job:
+        self.check_limits(body)
+        adapter = None if body.model == self.base_name else body.model
+        prompts, stop = body.prompt, body.stop
+        if body.template:
+            template = self.adapter_set.template_for(adapter)
+            prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
+        sample = body.temperature > 0  # else greedy, and the sampling fields keep GenerationSettings' defaults
+        sampling = dict(temperature=body.temperature, top_p=body.top_p, seed=body.seed) if sample else {}
+        settings = GenerationSettings(max_new_tokens=body.max_tokens, do_sample=sample, top_k=0, stop=stop, **sampling)
+        key = (settings.max_new_tokens, sample, settings.temperature, settings.top_p, tuple(stop), settings.seed)
+        if settings.seed is not None:  # a seeded sample must not depend on which requests share its batch
+            key += (object(),)
+        limit = min(self.max_prompt_tokens or self.positions, self.positions - body.max_tokens)
+        return Job(prompts, adapter, settings, key, limit)
 
-def _shutting_down() -> ApiError:
-    return ApiError(503, "the server is shutting down", kind="server_error")
-
-
-@dataclass(eq=False)
-class _Job:
-    """One request: its rows, and the future its handler awaits (texts and completion token counts)."""
-
-    prompts: list[str]
-    adapter: str | None
-    settings: GenerationSettings
-    key: tuple  # requests with equal keys may share a generate call
-    limit: int  # prompt tokens allowed
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    prompt_tokens: int = 0
-
-
-class _Engine:
-    """Runs jobs on the adapter set: batched by one worker thread, or each alone; bounded by ``max_queue``."""
-
-    def __init__(self, adapter_set: AdapterSet, mode: str, max_batch: int, wait_s: float, max_queue: int) -> None:
-        self.set, self.mode, self.max_queue = adapter_set, mode, max_queue
-        self.max_batch, self.wait_s = max_batch, wait_s
-        self.slots = threading.BoundedSemaphore(max_queue)  # taken on admission, given back once answered
-        self.queue: queue.Queue[_Job | None] = queue.Queue(max_queue)
-        self.closed = False
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, "peft-gpt2-lock") if mode == "lock" else None
-        if mode == "batch":
-            threading.Thread(target=self._loop, name="peft-gpt2-batcher", daemon=True).start()
-
-    def submit(self, job: _Job) -> None:
-        """Admit ``job`` or refuse it at once: what waits never grows past ``max_queue`` requests."""
-        if self.closed:
-            raise _shutting_down()
-        if not self.slots.acquire(blocking=False):
-            raise self._busy()
-        # Freed before the handler hears the answer (or at once if the request is abandoned), so a client that
-        # got its answer may send the next request at once.
-        job.future.add_done_callback(lambda _: self.slots.release())
-        if self.pool:
-            self.pool.submit(self.run, [job])
-            return
+    async def answer(self, body: CompletionRequest) -> dict:
         try:
-            self.queue.put_nowait(job)
-        except queue.Full:  # only abandoned requests still queued can fill it
-            job.future.cancel()
-            raise self._busy() from None
-
-    def _busy(self) -> ApiError:
-        message = f"server busy: {self.max_queue} requests are already waiting or running; retry shortly"
-        return ApiError(429, message, None, "rate_limit_exceeded", "rate_limit_error", {"Retry-After": "1"})
-
-    def close(self) -> None:
-        self.closed = True
-        if self.pool:
-            self.pool.shutdown(wait=False)  # what was admitted still runs
-        with contextlib.suppress(queue.Full):  # if full, the worker is busy and sees ``closed`` after its batch
-            self.queue.put_nowait(None)
-
-    def _loop(self) -> None:
-        """Take the oldest job, wait up to ``wait_s`` for more with its settings, run up to ``max_batch`` rows."""
-        waiting: deque[_Job] = deque()
-        while not self.closed:
-            if not waiting:
-                job = self.queue.get()
-                if job is None:
-                    break
-                waiting.append(job)
-            job, deadline = waiting[0], time.monotonic() + self.wait_s
-            while sum(len(j.prompts) for j in waiting if j.key == job.key) < self.max_batch:
-                try:  # a timeout of 0 still takes what is already queued
-                    more = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
-                except queue.Empty:
-                    break
-                if more is None:
-                    self.closed = True
-                    break
-                waiting.append(more)
-            group, rows = [], 0
-            for other in waiting:
-                if other.key == job.key and (not group or rows + len(other.prompts) <= self.max_batch):
-                    group.append(other)
-                    rows += len(other.prompts)
-            waiting = deque(j for j in waiting if j not in group)
-            self.run(group)
-        with contextlib.suppress(queue.Empty):
-            while True:
-                waiting.append(self.queue.get_nowait())
-        for job in (j for j in waiting if j is not None and j.future.set_running_or_notify_cancel()):
-            job.future.set_exception(_shutting_down())  # answer whoever is left
-
-    def run(self, jobs: list[_Job]) -> None:
-        """Check prompt lengths, generate, and settle each job's future. Never raises."""
-        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]  # skip abandoned requests
-        try:
-            with self.set.lock:  # the tokenizer is not safe to share across threads either
-                self._generate([j for j in live if self._fits(j)])
-        except Exception as err:  # keep the worker alive and no request waiting
-            for job in (j for j in live if not j.future.done()):
-                job.future.set_exception(err)
-
-    def _fits(self, job: _Job) -> bool:
-        lengths = [len(ids) for ids in self.set.tokenizer(job.prompts)["input_ids"]]
-        job.prompt_tokens = sum(lengths)
-        if min(lengths) == 0:
-            job.future.set_exception(ApiError(400, "empty prompt", param="prompt"))
-        elif max(lengths) > job.limit:
-            message = f"a prompt of {max(lengths)} tokens is over this server's limit of {job.limit} prompt tokens"
-            job.future.set_exception(ApiError(400, message, param="prompt", code="context_length_exceeded"))
-        return 0 < min(lengths) <= max(lengths) <= job.limit
-
-    def _generate(self, jobs: list[_Job]) -> None:
-        if not jobs:
-            return
-        prompts = [p for j in jobs for p in j.prompts]
-        rows = [j.adapter for j in jobs for _ in j.prompts]
-        try:
-            settings = replace(jobs[0].settings, batch_size=len(prompts))
-            done = self.set.generate(prompts, adapters=rows, settings=settings, raw=True)
-            texts, counts = [c.text for c in done], [c.tokens for c in done]
+            job = self.job_for(body)
+            self.engine.submit(job)
+            done: list[Completion] = await asyncio.wrap_future(job.future)
+        except ApiError:
+            raise
+        except PeftGpt2Error as err:
+            raise ApiError(400, str(err)) from None
         except Exception as err:
-            if len(jobs) == 1:
-                jobs[0].future.set_exception(err)
-            else:  # one bad request must not fail the others
-                for job in jobs:
-                    self._generate([job])
-            return
-        for job in jobs:
-            k = len(job.prompts)
-            job.future.set_result((texts[:k], counts[:k]))
-            texts, counts = texts[k:], counts[k:]
+            raise ApiError(500, f"generation failed: {type(err).__name__}: {err}", kind="server_error") from err
+        choices = [
+            {"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(done)
+        ]
+        tokens = sum(c.tokens for c in done)
+        usage = dict(prompt_tokens=job.prompt_tokens, completion_tokens=tokens, total_tokens=job.prompt_tokens + tokens)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
+        return {**head, "model": body.model, "choices": choices, "usage": usage}
+
+
+def _completions(request: Request) -> Completions:
+    return request.app.state.completions
+
+
+Served = Annotated[Completions, Depends(_completions)]
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(served: Served) -> dict:
+    return {"status": "ok", "base": served.base_name, "adapters": served.adapter_set.names, "mode": served.engine.mode}
+
+
+@router.get("/v1/models")
+async def models(served: Served) -> dict:
+    cards = [{"id": n, "object": "model", "created": served.created, "owned_by": "peft-gpt2"} for n in served.names]
+    return {"object": "list", "data": cards}
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, served: Served) -> dict:
+    return await served.answer(body)
+
+
+def _respond(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def _limit_body(request: Request, call_next):
+    """Refuse an oversized body from its header, before reading (and holding) it in memory."""
+    length, limit = request.headers.get("content-length", "0"), request.app.state.max_body_bytes
+    if not length.isdigit() or int(length) > limit:
+        return _respond(ApiError(413, f"request body over {limit} bytes", code="request_too_large"))
+    return await call_next(request)
+
+
+async def _error(request: Request, err: Exception) -> JSONResponse:
+    """An ``ApiError``, or Starlette's own (unknown routes, wrong methods), in OpenAI's shape."""
+    return _respond(ApiError(err.status_code, str(err.detail)) if isinstance(err, HTTPException) else err)
+
+
+async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors in OpenAI's shape: 400 if every one is a body value out of range, else 422."""
+    errors = err.errors()
+    located = [e for e in errors if e.get("type") != "json_invalid"]  # its loc is a character offset
+    where = [".".join(str(p) for p in e.get("loc", ()) if p != "body") or None for e in located]
+    message = "; ".join(f"{w or 'body'}: {e.get('msg')}" for w, e in zip(where, located, strict=True))
+    message = message or "; ".join(f"body: {e.get('msg')}" for e in errors) or "invalid request"
+    values = bool(errors) and all(e.get("type") in VALUE_ERRORS and e.get("loc", ())[:1] == ("body",) for e in errors)
+    return _respond(ApiError(400 if values else 422, message, param=where[0] if where else None))
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.engine.close()
 
 
 def create_app(
@@ -239,7 +239,7 @@ def create_app(
 
     Args:
         max_prompt_tokens: longest prompt accepted; default (and at most): the model's positions minus max_tokens.
-        max_new_tokens_limit: largest ``max_tokens`` accepted.
+        max_new_tokens_limit: largest ``max_tokens`` accepted (at most the model's positions minus one).
         max_batch: rows per generate call in ``"batch"`` mode, and prompts per request.
         batch_wait_ms: how long the batcher waits for more requests to join the oldest one.
         max_queue: requests waiting or running at once; more are refused with 429 and ``Retry-After``.
@@ -252,131 +252,17 @@ def create_app(
         raise PeftGpt2Error("max_batch, max_queue, max_new_tokens_limit and max_prompt_tokens must be >= 1")
     if base_name in adapter_set.names:
         raise PeftGpt2Error(f"base_name {base_name!r} is also an adapter's name; choose another")
-    config = adapter_set.model.config
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2**31
-    engine = _Engine(adapter_set, mode, max_batch, batch_wait_ms / 1000, max_queue)
-    created = int(time.time())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.close()
-
-    app = FastAPI(title="peft-gpt2", lifespan=lifespan)
-    app.state.engine = engine
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        """Refuse an oversized body from its header, before reading (and holding) it in memory."""
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > max_body_bytes:
-            return ApiError(413, f"request body over {max_body_bytes} bytes", code="request_too_large").response()
-        return await call_next(request)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return err.response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException) -> JSONResponse:  # unknown routes, wrong methods
-        return ApiError(err.status_code, str(err.detail)).response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422 (bad JSON, wrong types, missing fields), in OpenAI's error shape."""
-        errors = [e for e in err.errors() if e.get("type") != "json_invalid"]  # its loc is a character offset
-        where = [".".join(str(p) for p in e.get("loc", ()) if p != "body") or None for e in errors]
-        message = "; ".join(f"{w or 'body'}: {e.get('msg')}" for w, e in zip(where, errors, strict=True))
-        message = message or "; ".join(f"body: {e.get('msg')}" for e in err.errors()) or "invalid request"
-        return ApiError(422, message, param=where[0] if where else None).response()
-
-    def unknown(model: str) -> ApiError:
-        available = ", ".join([base_name, *adapter_set.names])
-        return ApiError(404, f"model {model!r} not found; available: {available}", "model", "model_not_found")
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "base": base_name, "adapters": adapter_set.names, "mode": mode}
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        names = [base_name, *adapter_set.names]
-        return {
-            "object": "list",
-            "data": [{"id": n, "object": "model", "created": created, "owned_by": "peft-gpt2"} for n in names],
-        }
-
-    def job_for(body: CompletionRequest) -> _Job:
-        """Validate the request (400 naming the parameter at fault) and turn it into a job."""
-        for param in UNSUPPORTED:
-            value = getattr(body, param)
-            if value is not None and value != CompletionRequest.model_fields[param].default:
-                hint = " (one completion per prompt only)" if param in ("n", "best_of") else ""
-                raise ApiError(400, f"{param}={value!r} is not supported{hint}", param=param)
-        if body.model != base_name and body.model not in adapter_set.names:  # a name, looked up; never a path
-            raise unknown(body.model)
-        adapter = None if body.model == base_name else body.model
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        if not 1 <= len(prompts) <= max_batch:
-            raise ApiError(400, f"send 1 to {max_batch} prompts per request, not {len(prompts)}", "prompt")
-        max_tokens, limit = 16 if body.max_tokens is None else body.max_tokens, min(max_new_tokens_limit, positions - 1)
-        if not 1 <= max_tokens <= limit:
-            raise ApiError(400, f"max_tokens={max_tokens} must be between 1 and {limit}", "max_tokens")
-        temperature = 1.0 if body.temperature is None else body.temperature
-        if not 0 <= temperature <= 2:
-            raise ApiError(400, f"temperature={temperature} must be between 0 and 2", "temperature")
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if body.template:
-            template = adapter_set.template_for(adapter)
-            prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
-        sample = temperature > 0
-        try:
-            settings = GenerationSettings(
-                max_new_tokens=max_tokens,
-                do_sample=sample,
-                temperature=temperature if sample else 1.0,
-                top_k=0,
-                stop=stop,
-                top_p=body.top_p if sample and body.top_p is not None else 1.0,
-                seed=body.seed if sample else None,
-            )
-        except PeftGpt2Error as err:
-            raise ApiError(400, str(err)) from None
-        key = (max_tokens, sample, settings.temperature, settings.top_p, tuple(stop), settings.seed)
-        if settings.seed is not None:  # a seeded sample must not depend on which requests share its batch
-            key += (object(),)
-        return _Job(prompts, adapter, settings, key, min(max_prompt_tokens or positions, positions - max_tokens))
-
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> dict:
-        job = job_for(body)
-        engine.submit(job)
-        try:
-            texts, counts = await asyncio.wrap_future(job.future)
-        except (ApiError, PeftGpt2Error) as err:
-            raise err if isinstance(err, ApiError) else ApiError(400, str(err)) from None
-        except Exception as err:
-            raise ApiError(500, f"generation failed: {type(err).__name__}: {err}", kind="server_error") from err
-        choices = [
-            {
-                "text": t,
-                "index": i,
-                "logprobs": None,
-                "finish_reason": "length" if c >= job.settings.max_new_tokens else "stop",
-            }
-            for i, (t, c) in enumerate(zip(texts, counts, strict=True))
-        ]
-        usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": sum(counts)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": choices,
-            "usage": usage,
-        }
-
+    positions = max_positions(adapter_set.model.config) or 2**31
+    engine = Engine(adapter_set, mode, max_batch, batch_wait_ms / 1000, max_queue)
+    limit = min(max_new_tokens_limit, positions - 1)
+    app = FastAPI(title="peft-gpt2", lifespan=_lifespan)
+    app.state.engine, app.state.max_body_bytes = engine, max_body_bytes
+    app.state.completions = Completions(adapter_set, engine, base_name, max_batch, limit, max_prompt_tokens, positions)
+    app.middleware("http")(_limit_body)
+    app.add_exception_handler(ApiError, _error)
+    app.add_exception_handler(HTTPException, _error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.include_router(router)
     return app
 
 
