@@ -31,9 +31,10 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
     """A saved PEFT adapter with non-zero B (a trained adapter's shape and cost, without training)."""
     from peft import get_peft_model
 
-    from peft_gpt2.config import Recipe
     from peft_gpt2.models import config_fingerprint, load_base
-    from peft_gpt2.trainer import lora_config
+    from peft_gpt2.recipe import Recipe
+    from peft_gpt2.run_folder import Provenance
+    from peft_gpt2.sft import lora_config
 
     base, _ = load_base(model_name)
     peft_model = get_peft_model(base, lora_config(Recipe(name="bench", data={"path": "x"}), base))
@@ -42,14 +43,7 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     peft_model.save_pretrained(out)
-    provenance = {
-        "name": out.name,
-        "method": "lora",
-        "base_model": model_name,
-        "base_config_fingerprint": config_fingerprint(base.config),
-        "template": "alpaca",
-    }
-    (out / "peft_gpt2.json").write_text(json.dumps(provenance))
+    Provenance(out.name, "lora", model_name, base_config_fingerprint=config_fingerprint(base.config)).write(out)
 
 
 def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int = 3) -> float:
@@ -103,7 +97,7 @@ def mixed_vs_serial(m, prompts: list[str], new_tokens: int) -> dict:
 
 
 def main() -> None:
-    from peft_gpt2.adapters import AdapterSet
+    from peft_gpt2.adapter_set import AdapterSet
     from peft_gpt2.models import load_base
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -26,7 +26,7 @@ from transformers import pipeline
 from peft_gpt2.evaluation import load_eval_records
 from peft_gpt2.generation import GenerationSettings, cut_at_stop, generate
 from peft_gpt2.models import load_base
-from peft_gpt2.prompts import TEMPLATES
+from peft_gpt2.templates import TEMPLATES
 
 
 def main() -> None:
@@ -54,10 +54,10 @@ def main() -> None:
     pipe_answers = [cut_at_stop(pipe(p, **pipe_kwargs)[0]["generated_text"], batched.stop) for p in prompts]
     pipe_s = time.perf_counter() - start
     start = time.perf_counter()
-    loop_answers = [generate(model, tokenizer, [p], single)[0] for p in prompts]
+    loop_answers = [generate(model, tokenizer, [p], single)[0].text for p in prompts]
     loop_s = time.perf_counter() - start
     start = time.perf_counter()
-    batch_answers = generate(model, tokenizer, prompts, batched)
+    batch_answers = [c.text for c in generate(model, tokenizer, prompts, batched)]
     batch_s = time.perf_counter() - start
 
     same = sum(a == b for a, b in zip(loop_answers, batch_answers, strict=True))

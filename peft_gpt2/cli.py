@@ -198,23 +198,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="seed for sampling")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-gpt2", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    p = commands.add_parser("train", help="train a full fine-tune or LoRA adapter from a YAML recipe")
-    p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (train.save_steps)")
-    p.set_defaults(run=_train)
-
+def _add_scoring_commands(commands) -> None:
     p = commands.add_parser("eval", help="score one model (+ adapter) on a QA or instruction file")
     p.add_argument("--model", help="base model (default: the adapter's recorded base)")
     p.add_argument("--adapter", help="adapter folder, or a full fine-tune's model folder")
@@ -238,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     p.set_defaults(run=_compare)
 
+
+def _add_serving_commands(commands) -> None:
     p = commands.add_parser("chat", help="talk to a base model and its adapters; /adapter NAME switches")
     p.add_argument("--model", help="base model (default: the first adapter's recorded base)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to load (repeatable)")
@@ -271,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_args(p)
     p.set_defaults(run=_serve)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peft-gpt2", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a full fine-tune or LoRA adapter from a YAML recipe")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set train.max_steps=20 (repeatable)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (train.save_steps)")
+    p.set_defaults(run=_train)
+
+    _add_scoring_commands(commands)
+    _add_serving_commands(commands)
     p = commands.add_parser("pipeline", help="run train/merge/compare stages from one YAML; finished stages skip")
     p.add_argument("pipeline", help="pipeline YAML, e.g. recipes/sherlock_pipeline.yaml")
     p.add_argument("--rerun", action="append", default=[], metavar="STAGE", help="run a finished stage again ('all')")

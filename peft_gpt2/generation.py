@@ -136,7 +136,6 @@ def generate(
         stripped, with their generated token counts and finish reasons.
     """
     import torch
-    from transformers import StoppingCriteriaList
 
     settings = settings or GenerationSettings()
     if not prompts:
@@ -160,29 +159,37 @@ def generate(
             f"exceeds the model's {limit} positions; shorten it or lower max_new_tokens"
         )
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: out-of-memory shows early
-    results: list[Completion | None] = [None] * len(prompts)
+    results: list[Completion] = [None] * len(prompts)  # type: ignore[list-item]
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            batch = tokenizer([prompts[i] for i in idx], padding=True, padding_side="left", return_tensors="pt").to(
-                model.device
-            )
-            width = batch["input_ids"].shape[1]
-            extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
-            if stop_criteria is not None:  # match in the generated part only; transformers would also
-                # match a stop string begun in the prompt ("...###" + " foo" for "### "), ending at once
-                extra["stopping_criteria"] = StoppingCriteriaList(
-                    [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)]
-                )
-            with torch.inference_mode():
-                out = model.generate(**batch, generation_config=config, **extra)
-            for i, row in zip(idx, out[:, width:].tolist(), strict=True):
+            names = [adapter_names[i] for i in idx] if adapter_names is not None else None
+            rows = _generate_batch(model, tokenizer, [prompts[i] for i in idx], config, stop_criteria, names)
+            for i, row in zip(idx, rows, strict=True):
                 results[i] = _completion(row, eos_ids, tokenizer, settings)
     finally:
         model.train(was_training)
-    return results  # type: ignore[return-value]
+    return results
+
+
+def _generate_batch(model, tokenizer, prompts: list[str], config, stop_criteria, adapter_names) -> list[list[int]]:
+    """One left-padded ``model.generate`` call; the generated token ids of each row."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    batch = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(model.device)
+    width = batch["input_ids"].shape[1]
+    extra: dict = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    if stop_criteria is not None:  # match in the generated part only; transformers would also
+        # match a stop string begun in the prompt ("...###" + " foo" for "### "), ending at once
+        extra["stopping_criteria"] = StoppingCriteriaList(
+            [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)]
+        )
+    with torch.inference_mode():
+        out = model.generate(**batch, generation_config=config, **extra)
+    return out[:, width:].tolist()
 
 
 def _completion(row: list[int], eos_ids: set[int], tokenizer, settings: GenerationSettings) -> Completion:

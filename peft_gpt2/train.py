@@ -128,16 +128,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     """
     from accelerate import PartialState
 
-    from peft_gpt2.models import config_fingerprint, load_tokenizer
+    from peft_gpt2.models import load_tokenizer
     from peft_gpt2.sft import make_trainer, resolve_precision, sft_config
 
     # 1. Everything a user can get wrong, before any model is loaded.
-    out = recipe.out_path
-    if out.exists() and not overwrite:
-        raise PeftGpt2Error(f"{out} already exists; choose another name (--set name=...) or pass --overwrite")
-    resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
-    if resume_from is None:
-        discard_checkpoints(recipe)
+    resume_from = check_output(recipe, overwrite=overwrite, resume=resume)
     ckpt = checkpoint_dir(recipe)
     precision = resolve_precision(recipe.train["precision"])
     args = sft_config(recipe, ckpt, precision)  # TRL and transformers check the train section's values here
@@ -160,8 +155,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     # 3. Train, with validation loss before and after.
     val_before = validation_loss(recipe, trainer.model, tokenizer, data.validation)
     start = time.perf_counter()
-    if resume_from:
-        say(f"resuming from {resume_from}", flush=True)
+    say(f"resuming from {resume_from}" if resume_from else "training", flush=True)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_time = time.perf_counter() - start
     val_after = validation_loss(recipe, trainer.model, tokenizer, data.validation)
@@ -170,16 +164,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
             f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})", flush=True)
 
     provenance = Provenance(
-        name=recipe.name,
-        method=recipe.method,
-        base_model=recipe.model.name,
-        base_model_path=model.config._name_or_path or recipe.model.name,
-        base_config_fingerprint=config_fingerprint(model.config),
-        model_type=model.config.model_type,
-        template=recipe.data.template,
-        data_format=recipe.data.format,
-        trainable_parameters=trainable,
-        total_parameters=total,
+        **describe(recipe, model, trainable, total),
         precision=precision,
         train_time_s=round(train_time, 2),
         train_steps=result.global_step,
@@ -190,13 +175,43 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         device=str(trainer.args.device),
         processes=trainer.args.world_size,
         data=data.stats,
-        recipe=recipe_dict(recipe),
-        versions=_versions(),
     )
     # 4. Save, then rename into place.
     save_run(trainer, recipe, tokenizer, data.test, provenance)
-    say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {out}", flush=True)
-    return TrainRun(out, provenance, trainer.model.eval(), tokenizer)
+    say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {recipe.out_path}", flush=True)
+    return TrainRun(recipe.out_path, provenance, trainer.model.eval(), tokenizer)
+
+
+def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | None:
+    """Refuse to replace an output or discard an unfinished run by accident; the checkpoint to resume from."""
+    if recipe.out_path.exists() and not overwrite:
+        raise PeftGpt2Error(
+            f"{recipe.out_path} already exists; choose another name (--set name=...) or pass --overwrite"
+        )
+    resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
+    if resume_from is None:
+        discard_checkpoints(recipe)  # leftovers of a run that never wrote a checkpoint, or --overwrite
+    return resume_from
+
+
+def describe(recipe: Recipe, model: PreTrainedModel, trainable: int, total: int) -> dict:
+    """The provenance fields known before training: what is trained, on which base, from which recipe."""
+    from peft_gpt2.models import config_fingerprint
+
+    return dict(
+        name=recipe.name,
+        method=recipe.method,
+        base_model=recipe.model.name,
+        base_model_path=model.config._name_or_path or recipe.model.name,
+        base_config_fingerprint=config_fingerprint(model.config),
+        model_type=model.config.model_type,
+        template=recipe.data.template,
+        data_format=recipe.data.format,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        recipe=recipe_dict(recipe),
+        versions=_versions(),
+    )
 
 
 def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: Provenance) -> None:

@@ -59,7 +59,6 @@ def frozen(m: AdapterSet) -> bool:
 def test_names_active_and_inference_mode(m):
     assert m.names == ["A", "B"] and m.active == "A"
     assert frozen(m)
-    assert isinstance(m.lock, type(threading.RLock()))
 
 
 def test_swapping_is_bit_identical_to_fresh_loads(m, pair):
