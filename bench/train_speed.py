@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ SIZES = {  # GPT2Config fields
     "small": {},
     "medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
 }
-ALPACA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_5000.json"
+ALPACA = Path(__file__).resolve().parents[1] / "data" / "alpaca_5000.json"  # shipped with the repository
 VARIANTS: dict[str, dict] = {  # name -> what differs from our LoRA defaults
     "baseline": {"method": "hand-written"},
     "full": {"method": "full"},
@@ -69,27 +68,13 @@ TARGETS = [("ours full >= 2x baseline (same method)", "full", 2.0), ("ours LoRA 
 
 
 def load_pairs(n: int, tokenizer) -> tuple[list[dict], str]:
-    """``n`` Alpaca records (seeded sample) as checked prompt/completion pairs; synthetic if the file is absent."""
-    from peft_gpt2.data import clean, load_records, subsample
-    from peft_gpt2.prompts import TEMPLATES
-    from peft_gpt2.training_data import tokenized_pairs
+    """``n`` Alpaca records (seeded sample) as checked prompt/completion pairs, and where they came from."""
+    from peft_gpt2.instructions import clean, load_records, subsample
+    from peft_gpt2.templates import TEMPLATES, tokenize_pairs
 
-    if ALPACA.is_file():
-        records = subsample(clean(load_records(str(ALPACA)))[0], limit=n, fraction=None, seed=SEED)
-        source = "alpaca_5000.json"
-    else:  # word counts roughly like Alpaca's: short instructions, 40% with an input, long-tailed outputs
-        rng, words = random.Random(SEED), ["the", "model", "data", "time", "result", "value", "list", "answer"]
-
-        def text(median: float) -> str:
-            return " ".join(rng.choices(words, k=max(1, round(rng.lognormvariate(math.log(median), 0.8)))))
-
-        records = [
-            {"instruction": text(12), "input": text(15) if rng.random() < 0.4 else "", "output": text(35)}
-            for _ in range(n)
-        ]
-        source = "synthetic (alpaca_5000.json not found)"
+    records = subsample(clean(load_records(str(ALPACA)))[0], limit=n, fraction=None, seed=SEED)
     pairs = [TEMPLATES["alpaca"].render(r) for r in records]
-    return tokenized_pairs(pairs, tokenizer, MAX_LEN, "truncate", "train")[0], source
+    return tokenize_pairs(pairs, tokenizer, MAX_LEN, "truncate", "train").pairs, ALPACA.name
 
 
 def build_model_dir(size: str, folder: Path) -> None:
@@ -145,33 +130,36 @@ def baseline_trainer(model_dir: Path, tokenizer, pairs: list[dict], steps: int, 
 
 
 def our_trainer(spec: dict, model_dir: Path, tokenizer, pairs: list[dict], steps: int, out: str):
+    """``make_trainer`` on a recipe with our defaults, changed only where the variant says (``spec``)."""
     from transformers import AutoModelForCausalLM
 
-    from peft_gpt2 import trainer
-    from peft_gpt2.config import DataConfig, Recipe, TrainSettings
-    from peft_gpt2.models import load_base
-    from peft_gpt2.trainer import make_trainer, resolve_precision
+    from peft_gpt2 import sft
+    from peft_gpt2.recipe import TRAIN_DEFAULTS, DataConfig, ModelConfig, Recipe
+    from peft_gpt2.sft import make_trainer, resolve_precision, sft_config
+    from peft_gpt2.train import load_model
 
     if spec.get("keep_freed_memory") is False:
-        trainer.keep_freed_memory = lambda: False
+        sft.keep_freed_memory = lambda: False
     if spec.get("trl_loss"):
         from trl import SFTTrainer
 
-        trainer.CompletionTrainer.compute_loss = SFTTrainer.compute_loss
+        sft.CompletionTrainer.compute_loss = SFTTrainer.compute_loss
 
-    knobs = {k: v for k, v in spec.items() if k in TrainSettings.__dataclass_fields__}
-    train = TrainSettings(per_device_train_batch_size=BATCH, max_steps=steps, logging_steps=steps, seed=SEED, **knobs)
+    knobs = {k: v for k, v in spec.items() if k in TRAIN_DEFAULTS}
+    train = {**TRAIN_DEFAULTS, "per_device_train_batch_size": BATCH, "max_steps": steps, "logging_steps": steps}
     recipe = Recipe(
-        name="train-speed", method=spec["method"], data=DataConfig(path=str(ALPACA), max_length=MAX_LEN), train=train
+        name="train-speed",
+        method=spec["method"],
+        model=ModelConfig(name=str(model_dir)),
+        data=DataConfig(path=str(ALPACA), max_length=MAX_LEN),
+        train={**train, "seed": SEED, **knobs},
     )
-    if recipe.method == "lora-8bit":  # as peft_gpt2.train.train does it
-        from peft import prepare_model_for_kbit_training
-
-        model, _ = load_base(str(model_dir), load_in_8bit=True)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train.activation_checkpointing)
+    args = sft_config(recipe, Path(out), resolve_precision(recipe.train["precision"]))
+    if recipe.method == "lora-8bit":
+        model = load_model(recipe)  # quantized and prepared as peft_gpt2.train.train does it
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=spec.get("attn", "sdpa"))
-    return make_trainer(recipe, model, tokenizer, pairs, [], Path(out), resolve_precision(train.precision))
+    return make_trainer(recipe, model, tokenizer, args, pairs, [])
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from pathlib import Path
 
 # Set before anything imports transformers/evaluate/datasets: they read these once, at import time.
 _CACHE = tempfile.mkdtemp(prefix="peft-gpt2-tests-")
@@ -18,6 +20,9 @@ for _key, _value in {
     os.environ[_key] = _value
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]  # tests find shipped files from here, never from the working directory
 
 
 @pytest.fixture(scope="session")
@@ -51,17 +56,46 @@ TOY_DATA = {
 }
 
 
+def write_recipe(path: Path, **sections) -> Path:
+    """Write a recipe YAML for the tiny GPT-2 to ``path``; return ``path``.
+
+    Defaults: LoRA r=4 on ``tiny-gpt2``, 3 fp32 steps of batch 4, data from ``data.json`` beside ``path``
+    (instructions: the ``short`` template), 48 tokens, output in ``adapters/`` beside ``path``; the name is the
+    file's. A dict keyword updates that section (a ``None`` value drops the key, so the recipe's own default
+    applies); any other value replaces it (``None`` drops it).
+    """
+    recipe: dict = {
+        "method": "lora",
+        "output_dir": str(path.parent / "adapters"),
+        "model": {"name": "tiny-gpt2"},
+        "data": {"path": str(path.parent / "data.json"), "max_length": 48},
+        "lora": {"r": 4},
+        "train": {"max_steps": 3, "precision": "fp32", "per_device_train_batch_size": 4},
+    }
+    if (sections.get("data") or {}).get("format") != "text":  # a text corpus takes no template
+        recipe["data"]["template"] = "short"
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            value = {**recipe[key], **value}
+            value = {k: v for k, v in value.items() if v is not None}
+        recipe[key] = value
+    recipe = {k: v for k, v in recipe.items() if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
 def train_toy_adapter(root, name: str, *, rank: int = 8, steps: int = 3, lr: float = 3e-2, records: int = 40):
     """Train a LoRA adapter of the tiny GPT-2 on toy task ``name`` ("A": doubling, "B": shouting); its folder."""
-    import json
-
-    from peft_gpt2.config import load_recipe
+    from peft_gpt2.recipe import load_recipe
     from peft_gpt2.train import train
 
     (root / f"{name}.json").write_text(json.dumps(TOY_DATA[name][:records]))
-    (root / f"{name}.yaml").write_text(
-        f"name: toy-{name}\nmethod: lora\noutput_dir: {root / 'adapters'}\nmodel: {{name: tiny-gpt2}}\n"
-        f"lora: {{r: {rank}}}\ndata: {{path: {root / f'{name}.json'}, template: short, max_length: 48}}\n"
-        f"train: {{max_steps: {steps}, learning_rate: {lr}, precision: fp32, per_device_train_batch_size: 8}}\n"
+    recipe = write_recipe(
+        root / f"{name}.yaml",
+        name=f"toy-{name}",
+        lora={"r": rank},
+        data={"path": str(root / f"{name}.json")},
+        train={"max_steps": steps, "learning_rate": lr, "per_device_train_batch_size": 8},
     )
-    return train(load_recipe(root / f"{name}.yaml")).path
+    return train(load_recipe(recipe)).path

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
-from peft_gpt2.data import clean, load_records, prepare_splits, split, subsample
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.instructions import clean, instruction_rows, load_records, prepare_splits, split, subsample
+from peft_gpt2.recipe import DataConfig
 
 
 def records(n: int) -> list[dict]:
@@ -27,7 +29,7 @@ def test_missing_input_becomes_empty_and_extra_keys_are_ignored(tmp_path):
 
 
 def test_shipped_sample_data_is_valid():
-    assert len(load_records("data/sample_instructions.json")) >= 150
+    assert len(load_records(str(REPO / "data" / "sample_instructions.json"))) >= 150
 
 
 def test_cleaning_drops_and_counts():
@@ -96,3 +98,40 @@ def test_non_utf8_names_the_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(PeftGpt2Error, match="does not exist"):
         load_records(str(tmp_path / "nope.json"))
+
+
+def test_instruction_rows_apply_the_overlong_policy_and_count_it(tmp_path, gpt2_tokenizer):
+    """The counts land in the run's provenance (``data``): how many examples were cut or left out, per split."""
+    long_output = [{"instruction": "Repeat.", "input": "", "output": f"{i} " + "word " * 40} for i in range(3)]
+    long_prompt = [{"instruction": "Read this: " + "word " * 40, "input": "", "output": "ok"}]
+    (tmp_path / "a.json").write_text(json.dumps(records(6) + long_output + long_prompt))
+    config = {"path": str(tmp_path / "a.json"), "template": "short", "max_length": 24, "split": [0.6, 0.4, 0.0]}
+
+    def counts(stats: dict, kind: str) -> int:
+        return stats[f"train_overlong_{kind}"] + stats[f"validation_overlong_{kind}"]
+
+    rows = instruction_rows(DataConfig(**config), gpt2_tokenizer)
+    assert len(rows.train) + len(rows.validation) == 9 and rows.test == []
+    assert set(rows.train[0]) == {"prompt", "completion"}
+    assert (counts(rows.stats, "truncated"), counts(rows.stats, "dropped")) == (3, 1)
+    assert (rows.stats["train"], rows.stats["validation"]) == (6, 4)  # records per split, before the policy
+
+    rows = instruction_rows(DataConfig(**config, overlong="drop"), gpt2_tokenizer)
+    assert len(rows.train) + len(rows.validation) == 6
+    assert (counts(rows.stats, "truncated"), counts(rows.stats, "dropped")) == (0, 4)
+
+    (tmp_path / "a.json").write_text(json.dumps(long_output))
+    with pytest.raises(PeftGpt2Error, match="every training example is longer than data.max_length=24"):
+        instruction_rows(DataConfig(**config, overlong="drop"), gpt2_tokenizer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="package bug: templates.tokenize_pairs calls the tokenizer on an empty list (an empty split), "
+    "which raises IndexError inside transformers",
+)
+def test_a_data_set_too_small_for_a_validation_split_still_trains(tmp_path, gpt2_tokenizer):
+    (tmp_path / "a.json").write_text(json.dumps(records(4)))  # 10% of 4 rounds to 0 validation records
+    rows = instruction_rows(DataConfig(path=str(tmp_path / "a.json"), template="short"), gpt2_tokenizer)
+    assert len(rows.train) == 4 and rows.validation == [] and rows.stats["validation_overlong_dropped"] == 0

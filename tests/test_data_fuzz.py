@@ -7,8 +7,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peft_gpt2.data import prepare_splits
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.instructions import prepare_splits
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from conftest import REPO, write_recipe
 
 from peft_gpt2.cli import main
 from peft_gpt2.errors import PeftGpt2Error
@@ -20,27 +21,11 @@ def write(tmp_path, tiny_path):
     records = [{"instruction": "Who examined it?", "input": f"clue {w}", "output": "Holmes"} for w in range(40)]
     (tmp_path / "instr.json").write_text(json.dumps(records))
     (tmp_path / "qa.json").write_text(json.dumps([{"question": "Who used a lens?", "answer": "Holmes"}] * 3))
-    common = {
-        "output_dir": str(tmp_path / "adapters"),
-        "lora": {"r": 4},
-        "train": {"max_steps": 3, "precision": "fp32", "per_device_train_batch_size": 4},
-    }
-    recipes = {
-        "lm": {
-            "name": "lm",
-            "model": {"name": tiny_path},
-            **common,
-            "data": {"path": str(tmp_path / "book.txt"), "format": "text", "max_length": 32, "split": [0.9, 0.1, 0.0]},
-        },
-        "instruct": {
-            "name": "instruct",
-            "model": {"name": str(tmp_path / "merged")},
-            **common,
-            "data": {"path": str(tmp_path / "instr.json"), "max_length": 64},
-        },
-    }
-    for name, recipe in recipes.items():
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+    corpus = {"path": str(tmp_path / "book.txt"), "format": "text", "max_length": 32, "split": [0.9, 0.1, 0.0]}
+    write_recipe(tmp_path / "lm.yaml", model={"name": tiny_path}, data=corpus)
+    # compare prompts every run with one template; a text run records the default one (alpaca)
+    instructions = {"path": str(tmp_path / "instr.json"), "template": "alpaca", "max_length": 64}
+    write_recipe(tmp_path / "instruct.yaml", model={"name": str(tmp_path / "merged")}, data=instructions)  # stage 2's
     pipeline = {
         "stages": [
             {"name": "domain", "train": str(tmp_path / "lm.yaml")},
@@ -92,6 +77,22 @@ def test_every_stage_is_checked_before_any_runs(tmp_path, tiny_path):
     assert not (tmp_path / "adapters").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="package bug: load_pipeline checks recipes with load_recipe only; the values TRL/transformers own "
+    "(train.lr_scheduler_type, ...) are checked by sft.sft_config inside train(), after earlier stages ran",
+)
+def test_a_value_the_trainer_refuses_in_a_later_stage_fails_before_any_runs(tmp_path, tiny_path):
+    path = write(tmp_path, tiny_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][2]["set"] = ["train.lr_scheduler_type=cosin"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(PeftGpt2Error, match="cosin is not a valid SchedulerType"):
+        run_pipeline(path)
+    assert not (tmp_path / "adapters").exists()
+
+
 @pytest.mark.parametrize(
     ("stages", "message"),
     [
@@ -113,12 +114,11 @@ def test_bad_pipelines(tmp_path, stages, message):
         load_pipeline(tmp_path / "p.yaml")
 
 
-def test_shipped_pipelines_validate():
-    from pathlib import Path
-
-    shipped = sorted(Path("recipes/pipelines").glob("*.yaml"))
+def test_shipped_pipelines_validate(monkeypatch):
+    monkeypatch.chdir(REPO)  # a pipeline names its recipes from the repository root, where its command runs
+    shipped = sorted((REPO / "recipes" / "pipelines").glob("*.yaml"))
     assert shipped
     for path in shipped:
         stages = load_pipeline(path)
         assert [s.kind for s in stages].count("compare") == 1
-        assert f"peft-gpt2 pipeline {path}" in path.read_text()
+        assert f"peft-gpt2 pipeline {path.relative_to(REPO)}" in path.read_text()

@@ -11,36 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_recipe
 
 from peft_gpt2.cli import main
 
 STEPS = 12
 
 
-def write_recipe(tmp_path: Path, tiny_path: str, **train: object) -> Path:
+def run_recipe(folder: Path, **train: object) -> Path:
+    """``run.yaml`` in ``folder``: 12 steps on a doubling task, a checkpoint every 4 steps."""
     records = [{"instruction": "Double it.", "input": str(a), "output": str(2 * a)} for a in range(80)]
-    (tmp_path / "data.json").write_text(json.dumps(records))
-    settings = {
-        "max_steps": STEPS,
-        "learning_rate": 5e-3,
-        "precision": "fp32",
-        "per_device_train_batch_size": 4,
-        "logging_steps": 1,
-        "save_steps": 4,
-        "warmup_steps": 0,
-        **train,
-    }
-    recipe = {
-        "name": "run",
-        "method": "lora",
-        "output_dir": str(tmp_path / "adapters"),
-        "model": {"name": tiny_path},
-        "data": {"path": str(tmp_path / "data.json"), "template": "short", "max_length": 48},
-        "lora": {"r": 4, "lora_dropout": 0.0},
-        "train": settings,
-    }
-    (tmp_path / "run.yaml").write_text(json.dumps(recipe))  # JSON is YAML
-    return tmp_path / "run.yaml"
+    (folder / "data.json").write_text(json.dumps(records))
+    settings = {"max_steps": STEPS, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 4, "warmup_steps": 0}
+    return write_recipe(folder / "run.yaml", lora={"lora_dropout": 0.0}, train={**settings, **train})
 
 
 def losses(folder: Path) -> dict[int, float]:
@@ -49,15 +32,15 @@ def losses(folder: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_path):
+def test_killed_run_resumes_to_the_same_result(tmp_path):
     straight = tmp_path / "straight"
     straight.mkdir()
-    assert main(["train", str(write_recipe(straight, tiny_path))]) == 0
+    assert main(["train", str(run_recipe(straight))]) == 0
     expected = losses(straight / "adapters" / "run")
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    recipe = write_recipe(killed, tiny_path)
+    recipe = run_recipe(killed)
     ckpt = killed / "adapters" / ".run.checkpoints"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -84,14 +67,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_path):
     assert not ckpt.exists()  # cleaned up once the run finished
 
 
-def test_resume_without_checkpoints_is_an_error(tmp_path, tiny_path, capsys):
-    assert main(["train", str(write_recipe(tmp_path, tiny_path)), "--resume"]) == 2
+def test_resume_without_checkpoints_is_an_error(tmp_path, capsys):
+    assert main(["train", str(run_recipe(tmp_path)), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_the_step_and_a_hint(tmp_path, tiny_path, capsys):
-    recipe = write_recipe(tmp_path, tiny_path, learning_rate=1e12, max_grad_norm=0.0)
+def test_nan_loss_stops_with_the_step_and_a_hint(tmp_path, capsys):
+    recipe = run_recipe(tmp_path, learning_rate=1e12, max_grad_norm=0.0)
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "became nan" in err or "became inf" in err

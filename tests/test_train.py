@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_recipe
 
 from peft_gpt2.cli import main
-from peft_gpt2.config import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.prompts import TEMPLATES
+from peft_gpt2.recipe import load_recipe
+from peft_gpt2.sft import lora_config, make_trainer, sft_config
+from peft_gpt2.templates import TEMPLATES, tokenize_pairs
 from peft_gpt2.train import train
-from peft_gpt2.trainer import lora_config, make_trainer
-from peft_gpt2.training_data import tokenized_pairs
 
 
 def addition_records(n: int, seed: int = 0) -> list[dict]:
@@ -30,32 +30,42 @@ def addition_records(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def make_recipe(tmp_path: Path, tiny_path: str, *overrides: str, records: list[dict] | None = None):
-    data = tmp_path / "data.json"
-    data.write_text(json.dumps(records if records is not None else addition_records(240)))
-    yaml_text = (
-        f"name: toy\nmethod: lora\noutput_dir: {tmp_path / 'adapters'}\nmodel: {{name: {tiny_path}}}\n"
-        f"data: {{path: {data}, template: short, max_length: 64}}\n"
-        "lora: {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: [c_attn, c_proj, c_fc]}\n"
-        "train: {learning_rate: 1.0e-2, max_steps: 30, per_device_train_batch_size: 16, logging_steps: 10, "
-        "precision: fp32, warmup_steps: 0}\n"
-    )
-    (tmp_path / "toy.yaml").write_text(yaml_text)
-    return load_recipe(tmp_path / "toy.yaml", list(overrides))
+TOY = {  # a toy run that learns addition in 30 steps
+    "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": ["c_attn", "c_proj", "c_fc"]},
+    "train": {
+        "learning_rate": 1e-2,
+        "max_steps": 30,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 10,
+        "warmup_steps": 0,
+    },
+}
 
 
-def test_prompt_masked_completion_and_final_eos_learned(tmp_path, tiny, tiny_path, caplog):
+def make_recipe(tmp_path: Path, *overrides: str, records: list[dict] | None = None, data: dict | None = None):
+    """``toy.yaml`` (the toy run, on ``data.json``: ``records`` or 240 additions), loaded with ``--set`` overrides."""
+    (tmp_path / "data.json").write_text(json.dumps(records if records is not None else addition_records(240)))
+    path = write_recipe(tmp_path / "toy.yaml", data={"max_length": 64, **(data or {})}, **TOY)
+    return load_recipe(path, list(overrides))
+
+
+def toy_trainer(recipe, model, tokenizer, pairs: list[dict], tmp_path: Path):
+    """``make_trainer`` on training pairs only, fp32, checkpoints (none are written) under ``tmp_path``."""
+    return make_trainer(recipe, model, tokenizer, sft_config(recipe, tmp_path / "ck", "fp32"), pairs, [])
+
+
+def test_prompt_masked_completion_and_final_eos_learned(tmp_path, tiny, caplog):
     """On the real GPT-2 tokenizer: every prompt token is -100; every completion token and the final eos
     carries its label, even though pad == eos and the batch is padded."""
     model, tokenizer = tiny
-    recipe = make_recipe(tmp_path, tiny_path)
+    recipe = make_recipe(tmp_path)
     records = addition_records(3) + [
         {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky.\nAnd the sea."},
         {"instruction": "Quote it.", "input": "(with brackets)", "output": '"Elementary," he said.'},
     ]
     pairs = [TEMPLATES["alpaca"].render(r) for r in records]
     with caplog.at_level(logging.WARNING):
-        trainer = make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+        trainer = toy_trainer(recipe, model, tokenizer, pairs, tmp_path)
     assert "not a prefix" not in caplog.text  # TRL's shifted-mask warning, treated as an error
     eos = tokenizer.eos_token_id
     assert tokenizer.pad_token_id == eos  # GPT-2 has no pad token: the case that hides the bug
@@ -83,10 +93,10 @@ def test_cpu_loss_equals_trl_fused_loss_and_a_hand_loss(tmp_path, tiny_path, met
     from peft_gpt2.models import load_base
 
     model, tokenizer = load_base(tiny_path)
-    recipe = make_recipe(tmp_path, tiny_path, f"method={method}")
+    recipe = make_recipe(tmp_path, f"method={method}")
     pairs = [TEMPLATES["short"].render(r) for r in addition_records(6)]
     pairs[0]["completion"] = "a much longer answer than the others, so the batch is padded"
-    trainer = make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+    trainer = toy_trainer(recipe, model, tokenizer, pairs, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
     n_labels = int((batch["labels"][:, 1:] != -100).sum())
     model = trainer.model.eval()  # no dropout: both losses see the same network
@@ -128,10 +138,10 @@ def test_padding_free_batches_keep_examples_apart(tmp_path, tiny_path):
     from peft_gpt2.models import load_base
 
     model, tokenizer = load_base(tiny_path)
-    recipe = make_recipe(tmp_path, tiny_path, "method=full", "train.padding_free=true")
+    recipe = make_recipe(tmp_path, "method=full", "train.padding_free=true")
     pairs = [TEMPLATES["short"].render(r) for r in addition_records(5)]
     pairs[1]["completion"] = "a longer answer than the others, so the padded batch has padding"
-    trainer = make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+    trainer = toy_trainer(recipe, model, tokenizer, pairs, tmp_path)
     rows = [trainer.train_dataset[i] for i in range(len(pairs))]
     packed = trainer.data_collator(rows)
     padded = DataCollatorForLanguageModeling(tokenizer.pad_token_id)(rows)
@@ -152,13 +162,13 @@ def test_padding_free_batches_keep_examples_apart(tmp_path, tiny_path):
         mp.setattr(transformers.masking_utils, "find_packed_sequence_indices", no_packing_detected)
         model, tokenizer = load_base(tiny_path)
         with pytest.raises(PeftGpt2Error, match="padding_free.*attend to each other"):
-            make_trainer(recipe, model, tokenizer, pairs, [], tmp_path / "ck", "fp32")
+            toy_trainer(recipe, model, tokenizer, pairs, tmp_path)
 
 
 def test_shifted_mask_is_an_error(gpt2_tokenizer):
     pairs = [{"prompt": "The answer is wor", "completion": "ld"}]  # BPE merges "world" across the join
     with pytest.raises(PeftGpt2Error, match="train record 0: the tokenized prompt is not a prefix"):
-        tokenized_pairs(pairs, gpt2_tokenizer, 64, "truncate", "train")
+        tokenize_pairs(pairs, gpt2_tokenizer, 64, "truncate", "train")
 
 
 def test_overlong_examples_are_counted(gpt2_tokenizer):
@@ -167,19 +177,21 @@ def test_overlong_examples_are_counted(gpt2_tokenizer):
         {"prompt": "Q:\n", "completion": "long " * 40},
         {"prompt": "word " * 40 + "\n", "completion": "x"},
     ]
-    kept, stats = tokenized_pairs(pairs, gpt2_tokenizer, 20, "truncate", "train")
-    assert len(kept) == 2 and stats == {"train_overlong_truncated": 1, "train_overlong_dropped": 1}
-    kept, stats = tokenized_pairs(pairs, gpt2_tokenizer, 20, "drop", "train")
-    assert len(kept) == 1 and stats == {"train_overlong_truncated": 0, "train_overlong_dropped": 2}
+    kept = tokenize_pairs(pairs, gpt2_tokenizer, 20, "truncate", "train")
+    assert kept.pairs == pairs[:2] and (kept.truncated, kept.dropped) == (1, 1)
+    for prompt, full in zip(kept.prompt_ids, kept.full_ids, strict=True):
+        assert full[: len(prompt)] == prompt and len(full) > len(prompt)  # the completion mask starts after it
+    kept = tokenize_pairs(pairs, gpt2_tokenizer, 20, "drop", "train")
+    assert kept.pairs == pairs[:1] and (kept.truncated, kept.dropped) == (0, 2)
 
 
-def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path, tiny_path):
+def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path):
     """GPT-2 small, r=8 on c_attn: r * (768 + 2304) * 12 trainable parameters."""
     from peft import get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's architecture, random weights
-    recipe = make_recipe(tmp_path, tiny_path, "lora.r=8", "lora.target_modules=null")
+    recipe = make_recipe(tmp_path, "lora.r=8", "lora.target_modules=null")
     config = lora_config(recipe, model)
     assert config.target_modules == {"c_attn"} and config.fan_in_fan_out is True
     peft_model = get_peft_model(model, config)
@@ -188,7 +200,7 @@ def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path, tiny_path)
     assert all("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad)
 
 
-def test_llama_targets_are_linear_not_conv1d(tmp_path, tiny_path):
+def test_llama_targets_are_linear_not_conv1d(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model = LlamaForCausalLM(
@@ -201,36 +213,36 @@ def test_llama_targets_are_linear_not_conv1d(tmp_path, tiny_path):
             vocab_size=100,
         )
     )
-    config = lora_config(make_recipe(tmp_path, tiny_path, "lora.target_modules=null"), model)
+    config = lora_config(make_recipe(tmp_path, "lora.target_modules=null"), model)
     assert config.target_modules == {"q_proj", "v_proj"} and config.fan_in_fan_out is False
     with pytest.raises(PeftGpt2Error, match="match no module"):
-        lora_config(make_recipe(tmp_path, tiny_path, "lora.target_modules=[c_attn]"), model)
+        lora_config(make_recipe(tmp_path, "lora.target_modules=[c_attn]"), model)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_toy_task_validation_loss_goes_down(tmp_path, tiny_path, method):
-    run = train(make_recipe(tmp_path, tiny_path, f"method={method}"))
+def test_toy_task_validation_loss_goes_down(tmp_path, method):
+    run = train(make_recipe(tmp_path, f"method={method}"))
     p = run.provenance
-    assert p["validation_loss_after"] < p["validation_loss_before"] - 1.5, p
-    assert p["method"] == method and p["train_steps"] == 30
+    assert p.validation_loss_after < p.validation_loss_before - 1.5, p
+    assert p.method == method and p.train_steps == 30
     files = {f.name for f in run.path.iterdir()}
     assert {"peft_gpt2.json", "recipe.yaml", "test.json", "train_log.json", "tokenizer.json"} <= files
     assert ("adapter_model.safetensors" if method == "lora" else "model.safetensors") in files
     assert not any(f.endswith(".bin") for f in files)
-    assert len(json.loads((run.path / "test.json").read_text())) == p["data"]["test"] > 0
+    assert len(json.loads((run.path / "test.json").read_text())) == p.data["test"] > 0
     if method == "lora":
-        assert p["trainable_parameters"] < p["total_parameters"] / 10
+        assert p.trainable_parameters < p.total_parameters / 10
     else:
-        assert p["trainable_parameters"] == p["total_parameters"]
+        assert p.trainable_parameters == p.total_parameters
 
 
 @pytest.mark.slow
-def test_adapter_loads_with_plain_peft_and_gives_identical_logits(tmp_path, tiny_path):
+def test_adapter_loads_with_plain_peft_and_gives_identical_logits(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    run = train(make_recipe(tmp_path, tiny_path, "train.max_steps=5"))
+    run = train(make_recipe(tmp_path, "train.max_steps=5"))
     config = json.loads((run.path / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])  # a plain folder
     loaded = PeftModel.from_pretrained(base, run.path).eval()
@@ -244,15 +256,15 @@ def test_adapter_loads_with_plain_peft_and_gives_identical_logits(tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_lora_8bit_loads_and_trains_on_cpu(tmp_path, tiny_path):
+def test_lora_8bit_loads_and_trains_on_cpu(tmp_path):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
-    run = train(make_recipe(tmp_path, tiny_path, "method=lora-8bit", "train.max_steps=15"))
+    run = train(make_recipe(tmp_path, "method=lora-8bit", "train.max_steps=15"))
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in run.model.modules())
     p = run.provenance
-    assert p["method"] == "lora-8bit"
-    assert p["validation_loss_after"] < p["validation_loss_before"]
+    assert p.method == "lora-8bit"
+    assert p.validation_loss_after < p.validation_loss_before
     assert (run.path / "adapter_model.safetensors").exists()
 
 
@@ -265,8 +277,8 @@ def test_lora_8bit_loads_and_trains_on_cpu(tmp_path, tiny_path):
         (lambda d: d.write_text('[{"instruction": "a", "output": ""}]'), "no usable records"),
     ],
 )
-def test_bad_input_fails_before_loading_and_writes_nothing(tmp_path, tiny_path, capsys, setup, message):
-    make_recipe(tmp_path, tiny_path)
+def test_bad_input_fails_before_loading_and_writes_nothing(tmp_path, capsys, setup, message):
+    make_recipe(tmp_path)
     setup(tmp_path / "data.json")
     assert main(["train", str(tmp_path / "toy.yaml")]) == 2
     err = capsys.readouterr().err
@@ -274,15 +286,15 @@ def test_bad_input_fails_before_loading_and_writes_nothing(tmp_path, tiny_path, 
     assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
 
 
-def test_unknown_key_fails_with_suggestion(tmp_path, tiny_path, capsys):
-    make_recipe(tmp_path, tiny_path)
+def test_unknown_key_fails_with_suggestion(tmp_path, capsys):
+    make_recipe(tmp_path)
     assert main(["train", str(tmp_path / "toy.yaml"), "--set", "train.max_step=3"]) == 2
     assert "did you mean train.max_steps?" in capsys.readouterr().err
     assert not (tmp_path / "adapters").exists()
 
 
-def test_existing_output_is_refused(tmp_path, tiny_path):
-    recipe = make_recipe(tmp_path, tiny_path)
+def test_existing_output_is_refused(tmp_path):
+    recipe = make_recipe(tmp_path)
     (tmp_path / "adapters" / "toy").mkdir(parents=True)
     (tmp_path / "adapters" / "toy" / "keep.txt").write_text("mine")
     with pytest.raises(PeftGpt2Error, match="already exists.*--overwrite"):
@@ -291,49 +303,62 @@ def test_existing_output_is_refused(tmp_path, tiny_path):
 
 
 @pytest.mark.slow
-def test_text_corpus_trains_on_every_token_and_validates_by_position(tmp_path, tiny_path):
+def test_text_corpus_trains_on_every_token_and_validates_by_position(tmp_path):
     book = "\n\n".join(f"Holmes looked at clue number {i}. Watson wrote it down in his notebook." for i in range(120))
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "a.txt").write_text(book)
     (tmp_path / "books" / "b.txt").write_text(book.replace("Holmes", "Lestrade"))
-    recipe = make_recipe(
-        tmp_path,
-        tiny_path,
-        "data.format=text",
-        f"data.path={tmp_path / 'books'}",
-        "data.max_length=32",
-        "data.split=[0.9, 0.1, 0.0]",
-        "train.max_steps=20",
-    )
-    run = train(recipe)
+    corpus = {"format": "text", "path": str(tmp_path / "books"), "max_length": 32, "split": [0.9, 0.1, 0.0]}
+    run = train(make_recipe(tmp_path, "train.max_steps=20", data=corpus))
     p = run.provenance
-    assert p["data_format"] == "text" and p["data"]["documents"] == 2
-    assert p["data"]["train_blocks"] > 20 and p["data"]["validation_blocks"] >= 2
-    assert p["validation_loss_after"] < p["validation_loss_before"] - 1.0, p
+    assert p.data_format == "text" and p.data["documents"] == 2
+    assert p.data["train_blocks"] > 20 and p.data["validation_blocks"] >= 2
+    assert p.validation_loss_after < p.validation_loss_before - 1.0, p
     assert not (run.path / "test.json").exists()
 
 
-def test_fp16_on_cpu_fails_before_loading(tmp_path, tiny_path, capsys, monkeypatch):
+def test_a_value_transformers_refuses_fails_before_loading(tmp_path, capsys, monkeypatch):
+    def no_model(recipe):
+        raise AssertionError("the model was loaded before the recipe's train section was checked")
+
+    monkeypatch.setattr("peft_gpt2.train.load_model", no_model)
+    make_recipe(tmp_path)
+    assert main(["train", str(tmp_path / "toy.yaml"), "--set", "train.lr_scheduler_type=cosin"]) == 2
+    err = capsys.readouterr().err
+    assert "cosin is not a valid SchedulerType" in err and "Traceback" not in err
+    assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
+
+
+def test_optimizer_keys_of_sft_config_reach_the_optimizer(tmp_path, tiny):
+    model, tokenizer = tiny
+    recipe = make_recipe(tmp_path, "train.optim=adamw_torch", "train.adam_beta2=0.99", "train.weight_decay=0.1")
+    pairs = [TEMPLATES["short"].render(r) for r in addition_records(4)]
+    optimizer = toy_trainer(recipe, model, tokenizer, pairs, tmp_path).create_optimizer()
+    assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["betas"] == (0.9, 0.99)
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.1}  # none on biases and norms
+
+
+def test_fp16_on_cpu_fails_before_loading(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    make_recipe(tmp_path, tiny_path)
+    make_recipe(tmp_path)
     assert main(["train", str(tmp_path / "toy.yaml"), "--set", "train.precision=fp16"]) == 2
     assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "adapters").exists()
 
 
-def test_8bit_without_bitsandbytes_names_the_install(tmp_path, tiny_path, capsys, monkeypatch):
+def test_8bit_without_bitsandbytes_names_the_install(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
-    make_recipe(tmp_path, tiny_path)
+    make_recipe(tmp_path)
     assert main(["train", str(tmp_path / "toy.yaml"), "--set", "method=lora-8bit"]) == 2
     assert "pip install 'peft-gpt2[8bit]'" in capsys.readouterr().err
     assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
 
 
 def test_allocator_settings_of_the_user_are_left_alone(monkeypatch):
-    from peft_gpt2.trainer import keep_freed_memory
+    from peft_gpt2.sft import keep_freed_memory
 
     for key in ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_ARENA_MAX"):
         with monkeypatch.context() as m:
