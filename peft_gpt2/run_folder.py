@@ -56,6 +56,7 @@ class Provenance:
     peak_memory_mb: float | None = None
     device: str | None = None
     processes: int | None = None
+    distributed: str | None = None  # accelerate's mode: NO, MULTI_CPU, MULTI_GPU, FSDP, ...
     data: dict[str, Any] = field(default_factory=dict)  # counts: records read, dropped, split sizes
     recipe: dict[str, Any] = field(default_factory=dict)  # the resolved recipe
     versions: dict[str, str] = field(default_factory=dict)

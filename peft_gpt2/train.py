@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import resource
 import shutil
@@ -174,12 +175,25 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         peak_memory_mb=round(peak_memory_mb(), 1),
         device=str(trainer.args.device),
         processes=trainer.args.world_size,
+        distributed=distributed_mode(trainer),
         data=data.stats,
     )
     # 4. Save, then rename into place.
     save_run(trainer, recipe, tokenizer, data.test, provenance)
     say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {recipe.out_path}", flush=True)
     return TrainRun(recipe.out_path, provenance, trainer.model.eval(), tokenizer)
+
+
+def distributed_mode(trainer) -> str:
+    """accelerate's mode for this run; warns when an FSDP config silently became another mode.
+
+    accelerate turns FSDP on only for GPUs and other accelerators: with an FSDP config on CPU processes it trains
+    plain DDP and says nothing (accelerate 1.15, ``AcceleratorState.__init__``).
+    """
+    mode = trainer.accelerator.distributed_type.value
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and mode != "FSDP":
+        warnings.warn(f"the accelerate config asks for FSDP, but accelerate runs {mode} here", stacklevel=2)
+    return mode
 
 
 def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | None:
