@@ -177,7 +177,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _pipeline(args: argparse.Namespace) -> None:
     from peft_gpt2.pipeline import load_pipeline, run_pipeline
 
-    load_pipeline(args.pipeline)  # every stage checked before the heavy imports
+    load_pipeline(args.pipeline)  # every stage checked (recipes, library values) before any runs
     _quiet_loading_bars()
     run_pipeline(args.pipeline, rerun=args.rerun)
 

@@ -138,7 +138,8 @@ def compare(
 
     base_name, runs = plan_runs(paths, base)
     sets = eval_sets(runs, data or [TEST_DATA], task, limit)
-    templates = {r.provenance.template for r in runs if r.kind != "base"}
+    # a text-corpus run has no prompt template: it answers through the instruction runs' one
+    templates = {r.provenance.template for r in runs if r.kind != "base" and r.provenance.data_format != "text"}
     if len(templates) > 1:
         raise PeftGpt2Error(f"the runs were trained with different prompt templates {sorted(templates)}")
     template = templates.pop() if templates else Provenance().template

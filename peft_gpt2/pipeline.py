@@ -75,7 +75,11 @@ def load_pipeline(path: str | Path) -> list[Stage]:
                 raise PeftGpt2Error(f"{where} ({raw['name']}): compare needs runs")
         stage = Stage(raw["name"], kind, spec)
         if kind == "train":
+            from peft_gpt2.checkpoints import checkpoint_dir
+            from peft_gpt2.sft import resolve_precision, trainer_args
+
             stage.recipe = load_recipe(raw["train"], list(raw.get("set") or []))
+            trainer_args(stage.recipe, checkpoint_dir(stage.recipe), resolve_precision(stage.recipe.train["precision"]))
         stages.append(stage)
     names = [s.name for s in stages]
     if len(set(names)) != len(names):

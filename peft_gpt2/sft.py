@@ -102,6 +102,16 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
     )
 
 
+def trainer_args(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
+    """``sft_config``, after checking the LoRA section with PEFT too: every value a library owns is checked here,
+    before any model or data loads (``train`` and every train stage of a pipeline call it first)."""
+    from peft import LoraConfig
+
+    if recipe.method != "full":
+        _library_config("lora", LoraConfig, **recipe.lora, task_type="CAUSAL_LM")
+    return sft_config(recipe, output_dir, precision)
+
+
 def _library_config(section: str, cls: type, **kwargs):
     """Build a library config; a value it refuses is the user's recipe key, named."""
     try:

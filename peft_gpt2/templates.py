@@ -89,6 +89,8 @@ def tokenize_pairs(
     TRL finds the completion by tokenizing the prompt alone and prompt+completion; if BPE merges across
     the join it only logs a warning and trains on a shifted mask, so here that is an error.
     """
+    if not pairs:  # a split can be empty (a zero validation fraction, a tiny data set)
+        return TokenizedPairs([], [], [], 0, 0)
     prompts = tokenizer([p["prompt"] for p in pairs], add_special_tokens=False)["input_ids"]
     full = tokenizer([p["prompt"] + p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
     kept = TokenizedPairs([], [], [], 0, 0)

@@ -130,13 +130,13 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     from accelerate import PartialState
 
     from peft_gpt2.models import load_tokenizer
-    from peft_gpt2.sft import make_trainer, resolve_precision, sft_config
+    from peft_gpt2.sft import make_trainer, resolve_precision, trainer_args
 
     # 1. Everything a user can get wrong, before any model is loaded.
     resume_from = check_output(recipe, overwrite=overwrite, resume=resume)
     ckpt = checkpoint_dir(recipe)
     precision = resolve_precision(recipe.train["precision"])
-    args = sft_config(recipe, ckpt, precision)  # TRL and transformers check the train section's values here
+    args = trainer_args(recipe, ckpt, precision)  # PEFT, TRL and transformers check the values they own
     say = PartialState().print  # under torchrun / accelerate launch only the main process reports
     tokenizer = load_tokenizer(recipe.model.name)
     data = training_rows(recipe, tokenizer)

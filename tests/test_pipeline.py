@@ -78,11 +78,6 @@ def test_every_stage_is_checked_before_any_runs(tmp_path, tiny_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: load_pipeline checks recipes with load_recipe only; the values TRL/transformers own "
-    "(train.lr_scheduler_type, ...) are checked by sft.sft_config inside train(), after earlier stages ran",
-)
 def test_a_value_the_trainer_refuses_in_a_later_stage_fails_before_any_runs(tmp_path, tiny_path):
     path = write(tmp_path, tiny_path)
     spec = yaml.safe_load(path.read_text())
