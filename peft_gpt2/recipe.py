@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.templates import DEFAULT_TEMPLATE
+from peft_gpt2.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 METHODS = ("full", "lora", "lora-8bit")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -55,8 +55,6 @@ class DataConfig:
     overlong: str = "truncate"  # examples longer than max_length: truncate (keep the start) or drop
 
     def __post_init__(self) -> None:
-        from peft_gpt2.templates import TEMPLATES
-
         _check(bool(self.path.strip()), "data.path", "is required: a JSON/JSONL file, URL or dataset name")
         _check(self.format in ("instructions", "text"), "data.format", "must be 'instructions' or 'text'")
         _check(self.template in TEMPLATES, "data.template", f"must be one of {sorted(TEMPLATES)}")
