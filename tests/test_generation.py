@@ -245,7 +245,7 @@ def test_settings_validation_names_the_field(field, value, extra):
         GenerationSettings(**{field: value, **extra})
 
 
-def test_settings_defaults():
+def test_greedy_ignores_temperature_and_stop_lists_are_not_shared():
     settings = GenerationSettings(temperature=0.0)  # fine without sampling: greedy ignores it
-    assert settings.stop == ["### "] and not settings.do_sample and settings.max_new_tokens == 128
-    assert GenerationSettings().stop is not settings.stop
+    settings.stop.append("END")
+    assert GenerationSettings().stop == ["### "]  # one caller's change never reaches another's settings

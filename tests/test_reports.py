@@ -93,7 +93,7 @@ def test_write_report_formats_round_trip(rows, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["cmp.csv", "cmp.json", "cmp.md", "cmp.png"]  # no temp files
 
 
-def test_single_dataset_has_one_table_without_section(tmp_path):
+def test_single_dataset_is_one_table_titled_by_its_dataset(tmp_path):
     paths = write_report([row("lora", "lora")], tmp_path, "one")
     md = paths["md"].read_text()
     assert md.count("| model |") == 1 and "## " in md  # titled by its dataset
