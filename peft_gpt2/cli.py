@@ -44,6 +44,9 @@ def _settings(args: argparse.Namespace):
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         batch_size=args.batch_size,
         seed=args.seed,
     )
@@ -194,6 +197,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (the LoRA paper's E2E: 10)")
+    g.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**this (paper: 0.8)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeated n-grams (paper: 4)")
     g.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     g.add_argument("--seed", type=int, default=None, help="seed for sampling")
 

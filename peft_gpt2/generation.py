@@ -32,6 +32,11 @@ class GenerationSettings:
         repetition_penalty (`float`, defaults to 1.0): > 1 discourages repeats. Transformers also
             penalizes the pad token in left-padded rows, so with a penalty batching can change results.
         stop (`list[str]`, defaults to ``["### "]``): The completion ends before the first of these.
+        num_beams (`int`, defaults to 1): > 1 is beam search (the LoRA paper's E2E decoding: 10), one answer per
+            prompt; with stop strings, a beam ends when its text holds one.
+        length_penalty (`float`, defaults to 1.0): beam scores are divided by length ** length_penalty
+            (< 1 favours shorter answers; the paper: 0.8). Beam search only.
+        no_repeat_ngram_size (`int`, defaults to 0): > 0 forbids repeating any n-gram of that size (the paper: 4).
         batch_size (`int`, defaults to 64): Prompts per ``generate`` call (bigger batches pay off, on CPU too).
         seed (`int`, *optional*): Seeds torch before sampling, for repeatable samples.
     """
@@ -43,6 +48,9 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=lambda: ["### "])
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     batch_size: int = 64
     seed: int | None = None
 
@@ -54,6 +62,8 @@ class GenerationSettings:
             "top_k": (self.top_k >= 0, ">= 0 (0 turns it off)"),
             "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
             "repetition_penalty": (self.repetition_penalty > 0, "> 0 (1 turns it off)"),
+            "num_beams": (self.num_beams >= 1 and not (self.num_beams > 1 and self.do_sample), ">= 1, 1 when sampling"),
+            "no_repeat_ngram_size": (self.no_repeat_ngram_size >= 0, ">= 0 (0 turns it off)"),
             "stop": (
                 isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
                 "a list of non-empty strings",
@@ -69,13 +79,16 @@ class GenerationSettings:
         from transformers import GenerationConfig
 
         sampling = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p) if self.do_sample else {}
+        beams = dict(num_beams=self.num_beams, length_penalty=self.length_penalty) if self.num_beams > 1 else {}
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=self.do_sample,
             repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             **sampling,
+            **beams,
         )
         config.validate(strict=True)
         return config

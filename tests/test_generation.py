@@ -249,3 +249,22 @@ def test_greedy_ignores_temperature_and_stop_lists_are_not_shared():
     settings = GenerationSettings(temperature=0.0)  # fine without sampling: greedy ignores it
     settings.stop.append("END")
     assert GenerationSettings().stop == ["### "]  # one caller's change never reaches another's settings
+
+
+def test_batched_beam_search_equals_one_by_one_and_reaches_generate(positional, monkeypatch):
+    """Left-padded beams (the paper's E2E decoding) give what each prompt alone gives; the settings reach generate."""
+    model, tokenizer = positional
+    beams = GenerationSettings(max_new_tokens=8, num_beams=4, length_penalty=0.8, no_repeat_ngram_size=3, stop=[])
+    batched = generate(model, tokenizer, PROMPTS, beams)
+    assert batched == [generate(model, tokenizer, [p], replace(beams, batch_size=1))[0] for p in PROMPTS]
+    assert batched != generate(model, tokenizer, PROMPTS, replace(beams, num_beams=1))  # beams change the answers
+    seen = []
+    original = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw["generation_config"]) or original(**kw))
+    generate(model, tokenizer, PROMPTS[:1], beams)
+    assert (seen[0].num_beams, seen[0].length_penalty, seen[0].no_repeat_ngram_size) == (4, 0.8, 3)
+    for ids in tokenizer([c.text for c in batched], add_special_tokens=False)["input_ids"]:
+        trigrams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+        assert len(trigrams) == len(set(trigrams))  # no_repeat_ngram_size=3 holds
+    with pytest.raises(PeftGpt2Error, match="num_beams"):
+        GenerationSettings(num_beams=2, do_sample=True)
