@@ -142,6 +142,11 @@ def instruction_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Instr
     its eos; the test records stay as records, saved with the run for ``compare --data test``.
     """
     splits = prepare_splits(d.path, limit=d.limit, fraction=d.fraction, fractions=d.split, seed=d.seed)
+    return rows_from_splits(splits, d, tokenizer)
+
+
+def rows_from_splits(splits: Splits, d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
+    """Train and validation records rendered to pairs and checked; test records kept as they are."""
     template = get_template(d.template)
     stats = dict(splits.stats)
     kept = {}

@@ -27,6 +27,7 @@ from peft_gpt2.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 METHODS = ("full", "lora", "lora-8bit")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FORMATS = ("instructions", "data_to_text", "text")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -45,7 +46,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = ""  # instructions: Alpaca JSON/JSONL, URL or HF data set; text: .txt file, folder or URL
-    format: str = "instructions"  # instructions (loss on the answer) | text (a raw corpus, loss on every token)
+    # instructions (loss on the answer) | data_to_text (E2E CSV or hub set: split by MR, one example per reference)
+    # | text (a raw corpus, loss on every token)
+    format: str = "instructions"
     template: str = DEFAULT_TEMPLATE  # prompt template (peft_gpt2.templates.TEMPLATES)
     limit: int | None = None  # keep this many records after cleaning (random, seeded)
     fraction: float | None = None  # or keep this fraction of them
@@ -56,7 +59,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "data.path", "is required: a JSON/JSONL file, URL or dataset name")
-        _check(self.format in ("instructions", "text"), "data.format", "must be 'instructions' or 'text'")
+        _check(self.format in FORMATS, "data.format", f"must be one of {FORMATS}")
         _check(self.template in TEMPLATES, "data.template", f"must be one of {sorted(TEMPLATES)}")
         _check(self.limit is None or self.limit >= 1, "data.limit", f"must be >= 1, got {self.limit}")
         _check(self.fraction is None or 0 < self.fraction <= 1, "data.fraction", "must be in (0, 1]")

@@ -91,7 +91,7 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
         use_cpu=not torch.cuda.is_available(),
         data_seed=t["seed"],
         max_length=recipe.data.max_length,
-        completion_only_loss=recipe.data.format == "instructions",
+        completion_only_loss=recipe.data.format != "text",
         eval_strategy="steps" if t["eval_steps"] else "no",
         eval_steps=t["eval_steps"],
         save_strategy="steps" if t["save_steps"] else "no",

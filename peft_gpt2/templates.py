@@ -59,7 +59,14 @@ SHORT = Template(
     without_input="### Instruction:\n{instruction}\n\n### Response:\n",
 )
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, SHORT)}
+# Structured input -> text (E2E NLG): the meaning representation is the prompt, the sentence the completion.
+DATA_TO_TEXT = Template(
+    name="data_to_text",
+    with_input="### Data:\n{instruction}\n{input}\n\n### Text:\n",
+    without_input="### Data:\n{instruction}\n\n### Text:\n",
+)
+
+TEMPLATES: dict[str, Template] = {t.name: t for t in (ALPACA, SHORT, DATA_TO_TEXT)}
 DEFAULT_TEMPLATE = ALPACA.name  # recipes' default, and what a run folder without a recorded template used
 
 

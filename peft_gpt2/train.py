@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.checkpoints import StopOnNonFinite, checkpoint_dir, discard_checkpoints, resume_point
 from peft_gpt2.corpus import corpus_rows
+from peft_gpt2.data_to_text import data_to_text_rows
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import instruction_rows, save_records
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
@@ -87,7 +88,7 @@ def training_rows(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Trainin
     if d.format == "text":
         train_blocks, val_blocks, stats = corpus_rows(d.path, tokenizer, d.max_length, d.split[1])
         return TrainingRows([{"input_ids": b} for b in train_blocks], [{"input_ids": b} for b in val_blocks], [], stats)
-    rows = instruction_rows(d, tokenizer)
+    rows = data_to_text_rows(d, tokenizer) if d.format == "data_to_text" else instruction_rows(d, tokenizer)
     return TrainingRows(rows.train, rows.validation, rows.test, rows.stats)
 
 

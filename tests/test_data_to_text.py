@@ -1,0 +1,75 @@
+"""E2E-style data: MRs grouped with all their references, splits by MR, the data_to_text template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write_recipe
+
+from peft_gpt2.data_to_text import as_eval_records, as_records, data_to_text_rows, load_mrs
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.recipe import load_recipe
+from peft_gpt2.templates import TEMPLATES, tokenize_pairs
+
+DEVSET = Path(__file__).resolve().parents[1] / "data" / "e2e" / "devset.csv"
+CSV = (
+    "mr,ref\n"
+    '"name[A], food[Thai]","A serves Thai food."\n'
+    '"name[B], area[riverside]","B is by the river."\n'
+    '"name[A], food[Thai]","Thai food is served at A."\n'
+    '"name[A], food[Thai]","A serves Thai food."\n'
+)
+
+
+def test_csv_rows_group_by_mr_in_order_without_duplicate_references(tmp_path):
+    (tmp_path / "e2e.csv").write_text(CSV)
+    groups = load_mrs(str(tmp_path / "e2e.csv"))
+    assert groups == [
+        {"mr": "name[A], food[Thai]", "references": ["A serves Thai food.", "Thai food is served at A."]},
+        {"mr": "name[B], area[riverside]", "references": ["B is by the river."]},
+    ]
+    second = {"instruction": "name[A], food[Thai]", "input": "", "output": "Thai food is served at A."}
+    assert as_records(groups)[1] == second
+    assert as_eval_records(groups)[0]["references"] == groups[0]["references"]
+
+
+def test_the_shipped_devset():
+    groups = load_mrs(str(DEVSET))
+    assert len(groups) == 547
+    assert sum(len(g["references"]) for g in groups) == 4521  # 4,672 rows, 151 repeat a reference of their MR
+    assert min(len(g["references"]) for g in groups) == 2
+
+
+def test_mrs_without_references_and_bad_files(tmp_path):
+    (tmp_path / "inputs.csv").write_text('mr\n"name[A], food[Thai]"\n"name[B]"\n')
+    assert [g["references"] for g in load_mrs(str(tmp_path / "inputs.csv"))] == [[], []]  # a test-input file
+    (tmp_path / "bad.csv").write_text("meaning,text\nx,y\n")
+    with pytest.raises(PeftGpt2Error, match="expected a CSV with columns mr and ref"):
+        load_mrs(str(tmp_path / "bad.csv"))
+    (tmp_path / "empty_mr.csv").write_text('mr,ref\n"name[A]","A."\n"","B."\n')
+    with pytest.raises(PeftGpt2Error, match="line 3: empty mr"):
+        load_mrs(str(tmp_path / "empty_mr.csv"))
+
+
+def test_splits_are_by_mr_and_train_on_every_reference(tmp_path, gpt2_tokenizer):
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path / "e2e.yaml",
+            data={"path": str(DEVSET), "format": "data_to_text", "template": "data_to_text", "max_length": 128},
+        )
+    )
+    rows = data_to_text_rows(recipe.data, gpt2_tokenizer)
+    train_mrs = {r["prompt"] for r in rows.train}
+    validation_mrs = {r["prompt"] for r in rows.validation}
+    test_prompts = {TEMPLATES["data_to_text"].render(r)["prompt"] for r in rows.test}
+    assert not train_mrs & validation_mrs and not train_mrs & test_prompts and not validation_mrs & test_prompts
+    assert rows.stats["train_mrs"] + rows.stats["validation_mrs"] + rows.stats["test_mrs"] == 547
+    assert len(rows.train) + rows.stats["train_overlong_dropped"] == rows.stats["train"] > rows.stats["train_mrs"]
+    assert all(len(r["references"]) >= 2 for r in rows.test)  # evaluation keeps every reference of each MR
+
+
+def test_every_devset_pair_keeps_an_exact_completion_mask(gpt2_tokenizer):
+    pairs = [TEMPLATES["data_to_text"].render(r) for r in as_records(load_mrs(str(DEVSET)))]
+    kept = tokenize_pairs(pairs, gpt2_tokenizer, 1024, "truncate", "devset")  # raises if BPE merged across the join
+    assert len(kept.pairs) == 4521 and pairs[0]["prompt"].endswith("### Text:\n")
