@@ -34,11 +34,7 @@ def load_mrs(source: str, hub_split: str = "train") -> list[dict]:
     A reference repeated for the same MR is kept once (the E2E devset repeats 151 of its 4,672 rows): a duplicate
     would weigh double in training and adds nothing to a multi-reference metric.
     """
-    path = Path(source).expanduser()
-    if source.startswith(("http://", "https://")) or path.suffix == ".csv" or path.is_file():
-        rows = _csv_rows(read_text(source), source)
-    else:
-        rows = _hub_rows(source, hub_split)
+    rows = _hub_rows(source, hub_split) if is_hub_name(source) else _csv_rows(read_text(source), source)
     groups: dict[str, list[str]] = {}
     for mr, ref in rows:
         refs = groups.setdefault(mr, [])
@@ -90,13 +86,25 @@ def as_eval_records(groups: list[dict]) -> list[dict]:
     ]
 
 
+def is_hub_name(source: str) -> bool:
+    path = Path(source).expanduser()
+    return not (source.startswith(("http://", "https://", ".", "/", "~")) or path.suffix == ".csv" or path.exists())
+
+
 def data_to_text_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
-    """Split the MRs (seeded, by MR), then train on every (MR, reference) pair of the training MRs."""
-    groups = [g for g in load_mrs(d.path) if g["references"]]
-    if not groups:
-        raise PeftGpt2Error(f"{d.path}: no MR has a reference to train on")
-    groups = subsample(groups, limit=d.limit, fraction=d.fraction, seed=d.seed)
-    train, validation, test = split(groups, list(d.split), d.seed)
+    """Split the MRs (seeded, by MR), then train on every (MR, reference) pair of the training MRs.
+
+    A hub data set (``e2e_nlg``) keeps its own train / validation / test splits (``data.split`` is not used);
+    ``data.limit`` / ``data.fraction`` subsample the training MRs.
+    """
+    if is_hub_name(d.path):
+        train, validation, test = (load_mrs(d.path, part) for part in ("train", "validation", "test"))
+        train = subsample(train, limit=d.limit, fraction=d.fraction, seed=d.seed)
+        groups = train + validation + test
+    else:
+        groups = [g for g in load_mrs(d.path) if g["references"]]
+        groups = subsample(groups, limit=d.limit, fraction=d.fraction, seed=d.seed)
+        train, validation, test = split(groups, list(d.split), d.seed)
     if not train:
         raise PeftGpt2Error(f"{d.path}: {len(groups)} MRs leave none for training after the split")
     stats = {"mrs": len(groups), "train_mrs": len(train), "validation_mrs": len(validation), "test_mrs": len(test)}

@@ -94,6 +94,18 @@ class GenerationSettings:
         return config
 
 
+def describe_decoding(settings: GenerationSettings) -> str:
+    """One line for a report: how the answers were decoded."""
+    if settings.do_sample:
+        how = f"sampling T={settings.temperature}, top_p={settings.top_p}, top_k={settings.top_k}"
+    elif settings.num_beams > 1:
+        how = f"beam search {settings.num_beams}, length_penalty={settings.length_penalty}"
+    else:
+        how = "greedy"
+    extra = f", no_repeat_ngram_size={settings.no_repeat_ngram_size}" if settings.no_repeat_ngram_size else ""
+    return f"{how}, max_new_tokens={settings.max_new_tokens}{extra}"
+
+
 @dataclass(frozen=True)
 class Completion:
     """One generated answer: its text, how many tokens the model generated for it, and why it ended.

@@ -21,7 +21,7 @@ from peft_gpt2.run_folder import PROVENANCE
 KINDS = {
     "train": {"train", "set"},
     "merge": {"adapter", "out", "model"},
-    "compare": {"runs", "data", "name", "limit", "max_new_tokens", "base"},
+    "compare": {"runs", "data", "name", "limit", "max_new_tokens", "base", "generation"},
 }
 
 
@@ -73,6 +73,10 @@ def load_pipeline(path: str | Path) -> list[Stage]:
             spec = {"name": raw["name"], **raw["compare"]}
             if not spec.get("runs"):
                 raise PeftGpt2Error(f"{where} ({raw['name']}): compare needs runs")
+            try:
+                decoding(spec)
+            except (PeftGpt2Error, TypeError) as err:
+                raise PeftGpt2Error(f"{where} ({raw['name']}): generation: {err}") from None
         stage = Stage(raw["name"], kind, spec)
         if kind == "train":
             from peft_gpt2.checkpoints import checkpoint_dir
@@ -112,14 +116,21 @@ def run_pipeline(path: str | Path, *, rerun: list[str] | tuple[str, ...] = ()) -
     return stages
 
 
+def decoding(spec: dict):
+    """A compare stage's ``GenerationSettings``: ``generation`` keys, ``max_new_tokens`` (default 64)."""
+    from peft_gpt2.generation import GenerationSettings
+
+    return GenerationSettings(**{"max_new_tokens": spec.get("max_new_tokens", 64), **(spec.get("generation") or {})})
+
+
 def _compare(spec: dict) -> None:
     import time
 
     from peft_gpt2.compare import compare
-    from peft_gpt2.generation import GenerationSettings
+    from peft_gpt2.generation import describe_decoding
     from peft_gpt2.reports import terminal_table, write_report
 
-    settings = GenerationSettings(max_new_tokens=spec.get("max_new_tokens", 64))
+    settings = decoding(spec)
     out = Path("reports")
     rows = compare(
         list(spec["runs"]),
@@ -132,7 +143,7 @@ def _compare(spec: dict) -> None:
     meta = {
         "pipeline stage": spec["name"],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "decoding": f"greedy, max_new_tokens={settings.max_new_tokens}",
+        "decoding": describe_decoding(settings),
     }
     write_report(rows, out, spec["name"], meta=meta)
     print(terminal_table(rows))

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 METHODS = ("full", "lora", "lora-8bit")
@@ -134,6 +135,8 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     lora: dict[str, Any] = field(default_factory=lambda: dict(LORA_DEFAULTS))  # LoraConfig keyword arguments
     train: dict[str, Any] = field(default_factory=lambda: dict(TRAIN_DEFAULTS))  # SFTConfig keyword arguments
+    # How eval/compare decode this run's answers unless the command line says otherwise (GenerationSettings keys)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")

@@ -73,3 +73,18 @@ def test_every_devset_pair_keeps_an_exact_completion_mask(gpt2_tokenizer):
     pairs = [TEMPLATES["data_to_text"].render(r) for r in as_records(load_mrs(str(DEVSET)))]
     kept = tokenize_pairs(pairs, gpt2_tokenizer, 1024, "truncate", "devset")  # raises if BPE merged across the join
     assert len(kept.pairs) == 4521 and pairs[0]["prompt"].endswith("### Text:\n")
+
+
+def test_a_hub_data_set_keeps_its_own_splits(tmp_path, gpt2_tokenizer, monkeypatch):
+    import datasets
+
+    def fake(name, split):
+        mrs = {"train": ["name[A]", "name[B]"], "validation": ["name[C]"], "test": ["name[D]"]}[split]
+        rows = [{"meaning_representation": m, "human_reference": f"{m[5:-1]} is {k}."} for m in mrs for k in "xy"]
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    recipe = load_recipe(write_recipe(tmp_path / "hub.yaml", data={"path": "e2e_nlg", "format": "data_to_text"}))
+    rows = data_to_text_rows(recipe.data, gpt2_tokenizer)
+    assert (rows.stats["train_mrs"], rows.stats["validation_mrs"], rows.stats["test_mrs"]) == (2, 1, 1)
+    assert len(rows.train) == 4 and rows.test[0]["references"] == ["D is x.", "D is y."]
