@@ -107,6 +107,7 @@ def _compare(args: argparse.Namespace) -> None:
         limit=args.limit,
         settings=settings,
         answers_dir=out / f"{args.name}.answers",
+        reference=args.reference,
     )
     meta = {
         "command": "peft-gpt2 " + shlex.join(sys.argv[1:]),
@@ -225,6 +226,9 @@ def _add_scoring_commands(commands) -> None:
     p.add_argument("--limit", type=int, help="first N records of each data set")
     p.add_argument("--name", default="compare", help="report file name (reports/<name>.md, .json, .csv, .png)")
     p.add_argument("--out", default="reports")
+    p.add_argument(
+        "--reference", help="row every other row is tested against: a run's name or 'base' (default: the first run)"
+    )
     _add_generation_args(p)
     p.set_defaults(run=_compare)
 

@@ -5,6 +5,9 @@
 The base is loaded once into an ``AdapterSet`` with every adapter trained on it, and each row is scored inside
 ``using(adapter)`` (the base row with adapters disabled), so every row sees the same base weights. Full fine-tunes
 are whole models and are loaded one at a time. Every row is scored by ``evaluate_model`` on the same records.
+
+Every metric gets a 95% bootstrap interval over the data set's items, and every row a paired bootstrap test
+against the reference row (default: the first run given) on the same items (``peft_gpt2.uncertainty``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation import evaluate_model, load_eval_records
 from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.run_folder import Provenance, held_out_records, write_atomic
+from peft_gpt2.uncertainty import compare_rows
 
 TEST_DATA = "test"  # --data value meaning "the held-out split saved with the runs"
 
@@ -97,6 +101,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "perplexity": metrics["perplexity"],
         "token_accuracy": metrics["token_accuracy"],
         "trainable_parameters": p.trainable_parameters,
+        "tokens_seen": getattr(p, "tokens_seen", None),  # training tokens, once the provenance records them
         "adapter_size_mb": round(disk_size_mb(run.path), 2) if run.path else None,
         "train_time_s": p.train_time_s,
         "peak_memory_mb": p.peak_memory_mb,
@@ -104,6 +109,34 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "examples": metrics["examples"],
         "mean_answer_words": metrics["mean_answer_words"],
     }
+
+
+def shared_template(runs: list[Run]) -> str:
+    """The prompt template every row answers through; a text-corpus run has none and uses the others' one."""
+    templates = {r.provenance.template for r in runs if r.kind != "base" and r.provenance.data_format != "text"}
+    if len(templates) > 1:
+        raise PeftGpt2Error(f"the runs were trained with different prompt templates {sorted(templates)}")
+    return templates.pop() if templates else Provenance().template
+
+
+def reference_row(runs: list[Run], reference: str | None) -> str:
+    """The label every row is tested against: `reference`, or the first fine-tuned run (the first one given)."""
+    labels = [r.label for r in runs]
+    if reference is None:
+        return labels[1] if len(labels) > 1 else labels[0]
+    if reference not in labels:
+        raise PeftGpt2Error(f"--reference {reference!r} is not a row of this comparison; rows: {labels}")
+    return reference
+
+
+def add_uncertainty(rows: list[dict], items: dict[tuple[str, str], dict], reference: str) -> None:
+    """Add each metric's interval and the paired test against `reference` to `rows`, one data set at a time."""
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        found = {label: columns for (label, name), columns in items.items() if name == dataset}
+        stats = compare_rows(found, reference if reference in found else None)
+        for row in rows:
+            if row["dataset"] == dataset:
+                row.update(reference=reference, **stats[row["model"]])
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
@@ -121,6 +154,7 @@ def compare(
     limit: int | None = None,
     settings: GenerationSettings | None = None,
     answers_dir: Path | None = None,
+    reference: str | None = None,
 ) -> list[dict]:
     """Evaluate the base and every run on every data set; one row per (model, data set).
 
@@ -133,16 +167,16 @@ def compare(
         limit (`int`, *optional*): evaluate the first N records of each set.
         settings (`GenerationSettings`, *optional*): decoding settings (greedy by default).
         answers_dir (`Path`, *optional*): where to write ``<model>.<dataset>.answers.jsonl``.
+        reference (`str`, *optional*): the row (a run's name, or ``base``) every other row is tested against;
+            defaults to the first run given.
     """
     from peft_gpt2.models import load_base
 
     base_name, runs = plan_runs(paths, base)
+    reference = reference_row(runs, reference)
     sets = eval_sets(runs, data or [TEST_DATA], task, limit)
-    # a text-corpus run has no prompt template: it answers through the instruction runs' one
-    templates = {r.provenance.template for r in runs if r.kind != "base" and r.provenance.data_format != "text"}
-    if len(templates) > 1:
-        raise PeftGpt2Error(f"the runs were trained with different prompt templates {sorted(templates)}")
-    template = templates.pop() if templates else Provenance().template
+    template = shared_template(runs)
+    items: dict[tuple[str, str], dict] = {}  # (row, data set) -> per-item columns, for the bootstrap
 
     def score(model, tokenizer, run: Run) -> list[dict]:
         rows = []
@@ -150,6 +184,7 @@ def compare(
             start = time.perf_counter()
             result = evaluate_model(model, tokenizer, records, template=template, settings=settings)
             rows.append(_row(run, name, result["metrics"], time.perf_counter() - start))
+            items[run.label, name] = result["items"]
             if answers_dir is not None:
                 write_jsonl(result["answers"], answers_dir / f"{run.label}.{name}.answers.jsonl")
             print(
@@ -176,4 +211,6 @@ def compare(
             del full
     order = {r.label: i for i, r in enumerate(runs)}
     set_order = {name: i for i, (name, _, _) in enumerate(sets)}
-    return sorted(rows, key=lambda row: (set_order[row["dataset"]], order[row["model"]]))
+    rows.sort(key=lambda row: (set_order[row["dataset"]], order[row["model"]]))
+    add_uncertainty(rows, items, reference)
+    return rows

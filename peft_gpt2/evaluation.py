@@ -8,6 +8,7 @@ Two views of one set: greedy answers scored against the references (F1, exact ma
 teacher-forced pass that measures how likely the model finds the reference completion. The loss is over the
 same tokens training learns (completion + eos, never prompt or padding), summed per token over the whole
 set, so the perplexity does not depend on batch size or on how answers of different lengths are grouped.
+Each record's share of every metric is kept too (``items``), so ``peft_gpt2.uncertainty`` can resample records.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def evaluate_model(
     Returns:
         `dict`: ``metrics`` (f1, precision, recall, exact_match, bleu, sentence_bleu, rouge_l, perplexity,
         token_accuracy, loss, completion_tokens, examples, generation_time_s, loss_time_s, mean_answer_words,
-        truncated, dropped) and ``answers`` (``instruction``, ``input``, ``expected``, ``generated``, ``f1`` per
-        record, in input order).
+        truncated, dropped), ``answers`` (``instruction``, ``input``, ``expected``, ``generated``, ``f1`` per
+        record, in input order) and ``items``: per-record columns for `peft_gpt2.uncertainty` (`item_scores`
+        plus ``nll``, ``tokens``, ``correct`` of the teacher-forced pass; their sums are the set's).
     """
-    from peft_gpt2.metrics import per_item_f1, text_metrics
+    from peft_gpt2.metrics import text_metrics
 
     tmpl = get_template(template)
     if not records:
@@ -135,7 +137,8 @@ def evaluate_model(
     loss = completion_loss(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
     loss_time = time.perf_counter() - start
 
-    f1s = per_item_f1(generated, expected)
+    items = item_scores(generated, expected)
+    items.update(nll=loss["nll_per_row"], tokens=loss["tokens_per_row"], correct=loss["correct_per_row"])
     metrics = {
         **text_metrics(generated, expected),
         "perplexity": loss["perplexity"],
@@ -151,9 +154,37 @@ def evaluate_model(
     }
     answers = [
         {"instruction": r["instruction"], "input": r.get("input") or "", "expected": e, "generated": g, "f1": f}
-        for r, e, g, f in zip(records, expected, generated, f1s, strict=True)
+        for r, e, g, f in zip(records, expected, generated, items["f1"], strict=True)
     ]
-    return {"metrics": metrics, "answers": answers}
+    return {"metrics": metrics, "answers": answers, "items": items}
 
 
-__all__ = ["TASK_FIELDS", "evaluate_model", "load_eval_records"]
+def item_scores(generated: list[str], expected: list[str]) -> dict[str, list]:
+    """Each item's share of the text metrics, so a resample of items can be scored without generating again.
+
+    The mean of each of ``f1``, ``precision``, ``recall``, ``exact_match``, ``sentence_bleu``, ``rouge_l`` over
+    all items is `text_metrics`' value; ``bleu_stats`` holds sacrebleu's sufficient statistics per item
+    (hypothesis and reference length, matching and total 1- to 4-grams), whose sum gives corpus BLEU.
+    """
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    from peft_gpt2.metrics.squad_f1.squad_f1 import score_item  # the metric's own per-item arithmetic
+
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)  # as in metrics/rouge_l
+    keys = ("precision", "recall", "f1", "exact_match", "sentence_bleu", "rouge_l", "bleu_stats")
+    columns: dict[str, list] = {key: [] for key in keys}
+    for prediction, reference in zip(generated, expected, strict=True):
+        sentence = sacrebleu.sentence_bleu(prediction, [reference])  # as in metrics/bleu
+        values = (
+            *score_item(prediction, reference),  # precision, recall, f1, exact match
+            sentence.score / 100,
+            rouge.score(target=reference, prediction=prediction)["rougeL"].fmeasure,
+            [sentence.sys_len, sentence.ref_len, *sentence.counts, *sentence.totals],
+        )
+        for key, value in zip(keys, values, strict=True):
+            columns[key].append(value)
+    return columns
+
+
+__all__ = ["TASK_FIELDS", "evaluate_model", "item_scores", "load_eval_records"]

@@ -45,7 +45,9 @@ def completion_loss(
 
     Returns:
         `dict`: ``nll_sum``, ``tokens`` (scored completion + eos tokens), ``correct`` (argmax hits), ``loss``
-        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts).
+        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts), and
+        ``nll_per_row``, ``tokens_per_row``, ``correct_per_row``: the same three sums per pair, in input order (0
+        for a dropped pair), for bootstrapping over items.
 
     Raises:
         `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
@@ -61,6 +63,12 @@ def completion_loss(
     rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in kept.full_ids]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result = token_loss(model, rows, [len(p) for p in kept.prompt_ids], pad_token_id=pad, batch_size=batch_size)
+    position = {id(pair): i for i, pair in enumerate(pairs)}  # kept pairs back to their input positions
+    for key in ("nll_per_row", "tokens_per_row", "correct_per_row"):
+        values = [0.0 if key == "nll_per_row" else 0] * len(pairs)
+        for pair, value in zip(kept.pairs, result[key], strict=True):
+            values[position[id(pair)]] = value
+        result[key] = values
     return {**result, "truncated": kept.truncated, "dropped": kept.dropped}
 
 
@@ -79,13 +87,15 @@ def token_loss(
 
     Returns:
         `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
-        ``token_accuracy``.
+        ``token_accuracy``, and ``nll_per_row``, ``tokens_per_row``, ``correct_per_row`` (the three sums per row,
+        in input order; the totals are their sums).
     """
     import torch
     import torch.nn.functional as F
 
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     nll, tokens, correct = 0.0, 0, 0
+    row_nll, row_tokens, row_correct = [0.0] * len(rows), [0] * len(rows), [0] * len(rows)
     was_training = model.training
     model.eval()  # dropout off: the same model must score the same
     try:
@@ -103,9 +113,16 @@ def token_loss(
             keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
             scored = logits[:, :-1][keep].float()
             targets = labels[keep]
-            nll += F.cross_entropy(scored, targets, reduction="sum").item()
-            correct += int((scored.argmax(-1) == targets).sum())
+            losses = F.cross_entropy(scored, targets, reduction="none")
+            hits = scored.argmax(-1) == targets
+            nll += losses.sum().item()
+            correct += int(hits.sum())
             tokens += int(keep.sum())
+            counts = keep.sum(1).tolist()  # scored positions per row, in row-major order as losses/hits are
+            for i, part_nll, part_hits, count in zip(
+                idx, losses.split(counts), hits.split(counts), counts, strict=True
+            ):
+                row_nll[i], row_correct[i], row_tokens[i] = part_nll.sum().item(), int(part_hits.sum()), count
     finally:
         model.train(was_training)
     if tokens == 0:
@@ -118,4 +135,7 @@ def token_loss(
         "loss": loss,
         "perplexity": math.exp(loss) if loss < 700 else math.inf,
         "token_accuracy": correct / tokens,
+        "nll_per_row": row_nll,
+        "tokens_per_row": row_tokens,
+        "correct_per_row": row_correct,
     }

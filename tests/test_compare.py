@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -66,6 +67,16 @@ def test_compare_loads_the_base_once_and_scores_every_row(runs, monkeypatch):
     assert rows[3]["examples"] == len(QA)
     answers = (runs["root"] / "answers" / "toy-lora.qa.answers.jsonl").read_text().splitlines()
     assert len(answers) == len(QA) and set(json.loads(answers[0])) >= {"expected", "generated", "f1"}
+    # honest numbers: an interval per metric, a paired test against the first run, the budget beside them
+    assert {r["reference"] for r in rows} == {"toy-lora"} and all("tokens_seen" in r for r in rows)
+    for row in rows:
+        for metric in ("f1", "exact_match", "bleu", "rouge_l", "perplexity", "token_accuracy"):
+            assert row[f"{metric}_lo"] <= row[metric] * (1 + 1e-9) and row[metric] <= row[f"{metric}_hi"] * (1 + 1e-9)
+        tested = row["model"] != "toy-lora"
+        assert ("f1_diff" in row) == tested and ("perplexity_within_noise" in row) == tested
+        if tested:
+            assert row["perplexity_diff_lo"] <= row["perplexity_diff"] <= row["perplexity_diff_hi"]
+            assert 0 < row["perplexity_p"] <= 1
 
 
 def test_base_row_equals_the_bare_base_and_adapter_row_equals_a_fresh_load(runs, tiny_path):
@@ -78,6 +89,31 @@ def test_base_row_equals_the_bare_base_and_adapter_row_equals_a_fresh_load(runs,
     expected_lora = evaluate_model(fresh, tokenizer, records, template="short", settings=FAST)["metrics"]
     assert rows[1]["perplexity"] == pytest.approx(expected_lora["perplexity"], rel=1e-5)
     assert rows[1]["perplexity"] != pytest.approx(rows[0]["perplexity"], rel=1e-3)  # the adapter matters
+
+
+def test_reference_row_is_checked_before_loading(runs, monkeypatch, capsys):
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: pytest.fail("model loaded before --reference was checked"))
+    with pytest.raises(PeftGpt2Error, match="not a row"):
+        compare([str(runs["lora"])], data=[str(runs["root"] / "qa.json")], reference="toy-ful")
+    assert main(["compare", str(runs["lora"]), "--data", str(runs["root"] / "qa.json"), "--reference", "x"]) == 2
+    assert "'x' is not a row" in capsys.readouterr().err
+
+
+def test_evaluate_model_keeps_per_item_sums(tiny):
+    model, tokenizer = tiny
+    records = [{"instruction": q["question"], "input": "", "output": q["answer"]} for q in QA]
+    records[2] = {**records[2], "instruction": records[2]["instruction"] * 30}  # its prompt alone fills max_length
+    result = evaluate_model(model, tokenizer, records, template="short", settings=FAST, batch_size=4, max_length=64)
+    items, metrics = result["items"], result["metrics"]
+    assert metrics["dropped"] == 1 and items["tokens"][2] == 0 and items["nll"][2] == 0  # record 2 overflows
+    assert all(len(column) == len(QA) for column in items.values())
+    assert sum(items["tokens"]) == metrics["completion_tokens"]
+    assert math.exp(sum(items["nll"]) / sum(items["tokens"])) == pytest.approx(metrics["perplexity"], rel=1e-6)
+    assert sum(items["correct"]) / sum(items["tokens"]) == pytest.approx(metrics["token_accuracy"])
+    alone = evaluate_model(model, tokenizer, records[3:4], template="short", settings=FAST)["items"]
+    assert alone["nll"][0] == pytest.approx(items["nll"][3], rel=1e-4) and alone["tokens"] == items["tokens"][3:4]
+    assert items["f1"] == [a["f1"] for a in result["answers"]]
+    assert sum(items["f1"]) / len(QA) == pytest.approx(metrics["f1"])
 
 
 def test_different_test_splits_are_refused(runs, tmp_path):

@@ -61,9 +61,52 @@ def test_tables_show_every_header_and_formatted_values(render, rows):
 
 def test_terminal_table_columns_line_up(rows):
     lines = terminal_table(rows).splitlines()
-    assert len(lines) == 2 + len(rows)
-    f1_end = lines[0].index(" F1 ") + len(" F1")  # numbers are right-aligned under their header
-    assert [line[f1_end - 5 : f1_end + 1] for line in lines[2:]] == ["0.200 ", "0.667 ", "0.100 ", "0.300 "]
+    assert len(lines) == 2 * 3 + len(rows) + 1  # per data set: title, header, rule, rows; a blank line between
+    assert lines[0] == "alpaca-test" and lines[6] == "sherlock-qa" and lines[5] == ""
+    f1_end = lines[1].index(" F1 ") + len(" F1")  # numbers are right-aligned under their header, in every table
+    assert lines[7].index(" F1 ") + len(" F1") == f1_end
+    body = lines[3:5] + lines[9:11]
+    assert [line[f1_end - 5 : f1_end + 1] for line in body] == ["0.200 ", "0.667 ", "0.100 ", "0.300 "]
+
+
+def measured(rows: list[dict]) -> list[dict]:
+    """`rows` as ``compare`` returns them: n, the reference row, an interval per metric, a test per other row."""
+    out = []
+    for r in rows:
+        extra = {"examples": 15, "reference": "lora", "tokens_seen": 123456 if r["method"] == "lora" else None}
+        for key in METRICS:
+            extra |= {f"{key}_lo": r[key] * 0.9, f"{key}_hi": r[key] * 1.1}
+            if r["model"] != "lora":
+                extra |= {f"{key}_diff": -0.01, f"{key}_diff_lo": -0.05, f"{key}_diff_hi": 0.03, f"{key}_p": 0.4}
+                extra[f"{key}_within_noise"] = key != "f1"  # F1 differs, the rest are noise
+        out.append(r | extra)
+    return out
+
+
+def test_intervals_markers_n_and_budget_in_every_format(rows, tmp_path):
+    rows = measured(rows)
+    text = terminal_table(rows)
+    assert "0.200 [0.180, 0.220]" in text and "38.41 [34.57, 42.25]" in text  # value [lo, hi], the metric's format
+    assert "≈ 0.120 [0.108, 0.132]" in text and "≈ 0.200 [" not in text  # the marker: within noise, F1 is not
+    assert "lora (ref)" in text and "gpt2 (ref)" not in text and "123,456" in text
+    assert "alpaca-test: n = 15 items; reference row: lora" in text
+    assert "95% percentile bootstrap interval" in text and "≈ = within noise of the reference row" in text
+    paths = write_report(rows, tmp_path, "cmp")
+    md = paths["md"].read_text()
+    assert "| gpt2 | base | 0.200 [0.180, 0.220] | ≈ 0.100 [0.090, 0.110] |" in md
+    assert md.count("n = 15 items; reference row: lora.") == 2 and "≈ = within noise" in md
+    assert json.loads(paths["json"].read_text())["rows"] == rows  # every number kept
+    with paths["csv"].open(newline="", encoding="utf-8") as f:
+        first = next(csv.DictReader(f))
+    assert first["f1_lo"] == str(0.2 * 0.9) and first["f1_p"] == "0.4" and first["bleu_within_noise"] == "True"
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_reference_row_alone_and_missing_bounds_read_plainly():
+    alone = measured([row("lora", "lora")])[0] | {"bleu_lo": None, "perplexity_lo": float("nan")}
+    text = terminal_table([alone])
+    assert "0.120 " in text and "0.120 [" not in text  # no lower bound: the value alone
+    assert "lora (ref)" in text and "≈" not in text.split("\n\n")[0]  # the reference is never marked
 
 
 def test_write_report_formats_round_trip(rows, tmp_path):
