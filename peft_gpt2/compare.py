@@ -101,7 +101,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "perplexity": metrics["perplexity"],
         "token_accuracy": metrics["token_accuracy"],
         "trainable_parameters": p.trainable_parameters,
-        "tokens_seen": getattr(p, "tokens_seen", None),  # training tokens, once the provenance records them
+        "tokens_seen": p.tokens_seen,
         "adapter_size_mb": round(disk_size_mb(run.path), 2) if run.path else None,
         "train_time_s": p.train_time_s,
         "peak_memory_mb": p.peak_memory_mb,

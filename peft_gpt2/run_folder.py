@@ -50,6 +50,7 @@ class Provenance:
     precision: str | None = None
     train_time_s: float | None = None
     train_steps: int | None = None
+    tokens_seen: int | None = None  # training tokens the Trainer counted (non-padding), for equal-budget comparisons
     train_loss: float | None = None
     validation_loss_before: float | None = None
     validation_loss_after: float | None = None

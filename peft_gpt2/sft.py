@@ -97,6 +97,7 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
         save_strategy="steps" if t["save_steps"] else "no",
         save_steps=t["save_steps"] or 500,
         train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
+        include_num_input_tokens_seen="non_padding",  # recorded as tokens_seen, for equal-budget comparisons
         logging_nan_inf_filter=False,  # the default hides nan/inf losses from the log; we stop on them
         report_to="none",
     )

@@ -170,6 +170,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         precision=precision,
         train_time_s=round(train_time, 2),
         train_steps=result.global_step,
+        tokens_seen=trainer.state.num_input_tokens_seen or None,
         train_loss=result.training_loss,
         validation_loss_before=val_before,
         validation_loss_after=val_after,

@@ -364,3 +364,13 @@ def test_allocator_settings_of_the_user_are_left_alone(monkeypatch):
         with monkeypatch.context() as m:
             m.setenv(key, "x")
             assert keep_freed_memory() is False
+
+
+def test_provenance_records_the_training_tokens_seen(tmp_path):
+    """Equal-budget comparisons need the tokens trained on: the Trainer's count of non-padding tokens."""
+    from conftest import train_toy_adapter
+
+    from peft_gpt2.run_folder import Provenance
+
+    record = Provenance.read(train_toy_adapter(tmp_path, "A", steps=2, records=16))
+    assert record.train_steps == 2 and 0 < record.tokens_seen <= 2 * 8 * 48  # 2 steps x batch 8 x max_length
