@@ -9,6 +9,10 @@ Loading a local module still writes: `evaluate` copies the script into `HF_MODUL
 `$HF_HOME/modules`) to import it, and creates a folder under `HF_METRICS_CACHE`; both are read when
 `evaluate` is first imported, so point `HF_HOME` at a writable place before that if the home directory is
 read-only.
+
+Items with several references each (E2E's MRs) are scored by `multi_reference_metrics` (plain functions in
+`multi_reference`, not `evaluate` modules: its inputs are lists of lists, and a bootstrap wants per-item
+statistics, `item_statistics` then `scores_from_statistics`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ from pathlib import Path
 import evaluate
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.metrics.multi_reference import (
+    MULTI_REFERENCE_KEYS,
+    ItemStatistics,
+    item_statistics,
+    multi_reference_metrics,
+    scores_from_statistics,
+)
 
 METRICS_DIR: Path = Path(__file__).resolve().parent
 """Folder holding one `evaluate` module folder per metric."""
@@ -112,4 +123,16 @@ def per_item_f1(predictions: list[str], references: list[str]) -> list[float]:
     return [float(x) for x in result["per_item_f1"]]
 
 
-__all__ = ["METRICS_DIR", "METRIC_NAMES", "TEXT_METRIC_KEYS", "load_metric", "per_item_f1", "text_metrics"]
+__all__ = [
+    "METRICS_DIR",
+    "METRIC_NAMES",
+    "MULTI_REFERENCE_KEYS",
+    "TEXT_METRIC_KEYS",
+    "ItemStatistics",
+    "item_statistics",
+    "load_metric",
+    "multi_reference_metrics",
+    "per_item_f1",
+    "scores_from_statistics",
+    "text_metrics",
+]
