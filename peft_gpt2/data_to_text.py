@@ -31,14 +31,15 @@ HUB_FIELDS = ("meaning_representation", "human_reference")
 def load_mrs(source: str, hub_split: str = "train") -> list[dict]:
     """``[{"mr", "references"}]``, one per distinct MR in order of first appearance (references may be empty).
 
-    A reference repeated for the same MR is kept once (the E2E devset repeats 151 of its 4,672 rows): a duplicate
-    would weigh double in training and adds nothing to a multi-reference metric.
+    A reference repeated for the same MR stays repeated (the E2E devset repeats 151 of its 4,672 rows), as in the
+    official data and scoring scripts: NIST's and CIDEr's weights count references, so dropping them would move
+    those scores away from the published ones.
     """
     rows = _hub_rows(source, hub_split) if is_hub_name(source) else _csv_rows(read_text(source), source)
     groups: dict[str, list[str]] = {}
     for mr, ref in rows:
         refs = groups.setdefault(mr, [])
-        if ref and ref not in refs:
+        if ref:
             refs.append(ref)
     if not groups:
         raise PeftGpt2Error(f"{source}: no meaning representations")

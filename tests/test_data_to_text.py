@@ -22,11 +22,12 @@ CSV = (
 )
 
 
-def test_csv_rows_group_by_mr_in_order_without_duplicate_references(tmp_path):
+def test_csv_rows_group_by_mr_in_order_keeping_repeated_references(tmp_path):
     (tmp_path / "e2e.csv").write_text(CSV)
     groups = load_mrs(str(tmp_path / "e2e.csv"))
+    repeated = ["A serves Thai food.", "Thai food is served at A.", "A serves Thai food."]  # as the official data
     assert groups == [
-        {"mr": "name[A], food[Thai]", "references": ["A serves Thai food.", "Thai food is served at A."]},
+        {"mr": "name[A], food[Thai]", "references": repeated},
         {"mr": "name[B], area[riverside]", "references": ["B is by the river."]},
     ]
     second = {"instruction": "name[A], food[Thai]", "input": "", "output": "Thai food is served at A."}
@@ -37,7 +38,7 @@ def test_csv_rows_group_by_mr_in_order_without_duplicate_references(tmp_path):
 def test_the_shipped_devset():
     groups = load_mrs(str(DEVSET))
     assert len(groups) == 547
-    assert sum(len(g["references"]) for g in groups) == 4521  # 4,672 rows, 151 repeat a reference of their MR
+    assert sum(len(g["references"]) for g in groups) == 4672  # every row (151 repeat a reference of their MR)
     assert min(len(g["references"]) for g in groups) == 2
 
 
@@ -72,7 +73,7 @@ def test_splits_are_by_mr_and_train_on_every_reference(tmp_path, gpt2_tokenizer)
 def test_every_devset_pair_keeps_an_exact_completion_mask(gpt2_tokenizer):
     pairs = [TEMPLATES["data_to_text"].render(r) for r in as_records(load_mrs(str(DEVSET)))]
     kept = tokenize_pairs(pairs, gpt2_tokenizer, 1024, "truncate", "devset")  # raises if BPE merged across the join
-    assert len(kept.pairs) == 4521 and pairs[0]["prompt"].endswith("### Text:\n")
+    assert len(kept.pairs) == 4672 and pairs[0]["prompt"].endswith("### Text:\n")
 
 
 def test_a_hub_data_set_keeps_its_own_splits(tmp_path, gpt2_tokenizer, monkeypatch):
