@@ -98,6 +98,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "base": run.base if run.kind != "model" else None,
         "dataset": dataset,
         **{k: metrics[k] for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
+        **{k: metrics.get(k) for k in ("nist", "cider", "rouge_l_e2e", "meteor")},  # multi-reference data only
         "perplexity": metrics["perplexity"],
         "token_accuracy": metrics["token_accuracy"],
         "trainable_parameters": p.trainable_parameters,

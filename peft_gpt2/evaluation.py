@@ -61,6 +61,10 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     """
     if task is not None and task not in TASK_FIELDS:
         raise PeftGpt2Error(f"unknown evaluation task {task!r}; choose one of: {', '.join(TASK_FIELDS)}")
+    if source.endswith(".csv"):  # E2E: one record per MR with all its references
+        from peft_gpt2.data_to_text import as_eval_records, load_mrs
+
+        return as_eval_records(load_mrs(source)), "data_to_text"
     raw = read_source(source)
     if not raw:
         raise PeftGpt2Error(f"{source}: no records to evaluate")
@@ -81,6 +85,12 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
                     )
         raw = [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in raw]
     records = validate_records(raw, source)
+    for i, (record, original) in enumerate(zip(records, raw, strict=True)):
+        if "references" in original:  # a data-to-text test split: every reference of the MR
+            refs = original["references"]
+            if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+                raise PeftGpt2Error(f"{source}: record {i}: field 'references' must be a list of non-empty strings")
+            record["references"] = refs
     names = dict(zip(TASK_FIELDS["instructions"], TASK_FIELDS[task], strict=True))
     for i, record in enumerate(records):
         for key, name in names.items():
@@ -113,6 +123,10 @@ def evaluate_model(
         batch_size (`int`, defaults to 16): Sequences per forward pass of the loss (and of generation by default).
         max_length (`int`, defaults to 1024): Tokens kept per sequence for the loss.
 
+    Records with ``references`` (a data-to-text test split, an E2E CSV) are also scored against all of them:
+    ``bleu`` and ``rouge_l`` become the multi-reference ones and ``nist``, ``cider``, ``rouge_l_e2e``, ``meteor``
+    are added (`multi_reference`); F1 and exact match stay against the first reference.
+
     Returns:
         `dict`: ``metrics`` (f1, precision, recall, exact_match, bleu, sentence_bleu, rouge_l, perplexity,
         token_accuracy, loss, completion_tokens, examples, generation_time_s, loss_time_s, mean_answer_words,
@@ -139,24 +153,39 @@ def evaluate_model(
 
     items = item_scores(generated, expected)
     items.update(nll=loss["nll_per_row"], tokens=loss["tokens_per_row"], correct=loss["correct_per_row"])
-    metrics = {
-        **text_metrics(generated, expected),
-        "perplexity": loss["perplexity"],
-        "token_accuracy": loss["token_accuracy"],
-        "loss": loss["loss"],
-        "completion_tokens": loss["tokens"],
-        "examples": len(records),
-        "generation_time_s": generation_time,
-        "loss_time_s": loss_time,
-        "mean_answer_words": sum(len(g.split()) for g in generated) / len(generated),
-        "truncated": loss["truncated"],
-        "dropped": loss["dropped"],
-    }
+    metrics = text_metrics(generated, expected)
+    if any("references" in r for r in records):
+        metrics.update(multi_reference(generated, [r.get("references") or [r["output"]] for r in records], items))
+    metrics.update(_loss_metrics(loss), examples=len(records), generation_time_s=generation_time)
+    metrics.update(loss_time_s=loss_time, mean_answer_words=sum(len(g.split()) for g in generated) / len(generated))
     answers = [
         {"instruction": r["instruction"], "input": r.get("input") or "", "expected": e, "generated": g, "f1": f}
         for r, e, g, f in zip(records, expected, generated, items["f1"], strict=True)
     ]
     return {"metrics": metrics, "answers": answers, "items": items}
+
+
+def _loss_metrics(loss: dict) -> dict:
+    """The teacher-forced pass's share of the metrics (`peft_gpt2.scoring.completion_loss`)."""
+    kept = ("perplexity", "token_accuracy", "loss", "truncated", "dropped")
+    return {key: loss[key] for key in kept} | {"completion_tokens": loss["tokens"]}
+
+
+def multi_reference(generated: list[str], references: list[list[str]], items: dict[str, list]) -> dict:
+    """The E2E metrics against every reference of each item (`peft_gpt2.metrics.multi_reference`): ``bleu`` and
+    ``rouge_l`` replace the single-reference ones, ``nist``, ``cider``, ``rouge_l_e2e`` and ``meteor`` join them;
+    their per-item statistics go into `items` for the bootstrap."""
+    from peft_gpt2.metrics import item_statistics, scores_from_statistics
+
+    stats = item_statistics(generated, references)
+    items.update(
+        bleu_stats=stats.bleu.tolist(),
+        nist_stats=stats.nist.tolist(),
+        rouge_l=stats.rouge_l.tolist(),
+        rouge_l_e2e=stats.rouge_l_e2e.tolist(),
+        cider=stats.cider.tolist(),
+    )
+    return scores_from_statistics(stats)
 
 
 def item_scores(generated: list[str], expected: list[str]) -> dict[str, list]:

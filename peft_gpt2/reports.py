@@ -34,6 +34,10 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("exact_match", "EM", ".3f"),
     ("bleu", "BLEU", ".3f"),
     ("rouge_l", "ROUGE-L", ".3f"),
+    ("nist", "NIST", ".2f"),  # this and the next three: multi-reference (E2E) data only
+    ("cider", "CIDEr", ".2f"),
+    ("rouge_l_e2e", "ROUGE-L (E2E)", ".3f"),
+    ("meteor", "METEOR", ".3f"),
     ("perplexity", "perplexity", ".2f"),
     ("token_accuracy", "token accuracy", ".3f"),
     ("trainable_parameters", "trainable params", ",.0f"),
@@ -75,8 +79,17 @@ def _cell(row: dict, key: str, spec: str) -> str:
     return f"{NOISE} {text}" if row.get(f"{key}_within_noise") else text
 
 
-def _cells(rows: Iterable[dict]) -> list[list[str]]:
-    return [[_cell(row, key, spec) for key, _, spec in COLUMNS] for row in rows]
+OPTIONAL = ("nist", "cider", "rouge_l_e2e", "meteor")  # shown only where some row has a value
+
+
+def shown(rows: Iterable[dict]) -> list[tuple[str, str, str]]:
+    """The columns of `COLUMNS` these rows use: an optional metric no row measured is left out."""
+    rows = list(rows)
+    return [c for c in COLUMNS if c[0] not in OPTIONAL or any(row.get(c[0]) is not None for row in rows)]
+
+
+def _cells(rows: Iterable[dict], columns: list[tuple[str, str, str]]) -> list[list[str]]:
+    return [[_cell(row, key, spec) for key, _, spec in columns] for row in rows]
 
 
 def legend(rows: list[dict]) -> list[str]:
@@ -95,25 +108,33 @@ def legend(rows: list[dict]) -> list[str]:
             f"gives p >= {1 - CONFIDENCE:.2f}. Unmarked values differ from the reference by both. Each cell is its "
             "own test, not corrected for multiple comparisons."
         )
+    if any(row.get("nist") is not None for row in rows):
+        lines.append(
+            "Multi-reference data: BLEU and ROUGE-L use every reference of each item; NIST, CIDEr and ROUGE-L (E2E) "
+            "follow the E2E challenge's scripts (peft_gpt2/metrics/multi_reference.py); METEOR is not computed "
+            "(METEOR 1.5 needs Java and its paraphrase tables; nltk's METEOR is another metric)."
+        )
     return lines + [f"{MISSING} = not measured for that model."]
 
 
 def markdown_table(rows: list[dict]) -> str:
     """Render `rows` as a GitHub Markdown table with every column of `COLUMNS`; numbers are right-aligned."""
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---:" if spec else "---" for _, _, spec in COLUMNS) + "|")
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _cells(rows)]
+    columns = shown(rows)
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
+    lines.append("|" + "|".join("---:" if spec else "---" for _, _, spec in columns) + "|")
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _cells(rows, columns)]
     return "\n".join(lines)
 
 
 def terminal_table(rows: list[dict]) -> str:
     """Render `rows` as plain aligned text, one titled table per data set (columns aligned across them)."""
-    cells = _cells(rows)
-    table = [[header for _, header, _ in COLUMNS], *cells]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    columns = shown(rows)
+    cells = _cells(rows, columns)
+    table = [[header for _, header, _ in columns], *cells]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
 
     def line(cells: list[str]) -> str:
-        padded = [c.rjust(w) if spec else c.ljust(w) for c, w, (_, _, spec) in zip(cells, widths, COLUMNS, strict=True)]
+        padded = [c.rjust(w) if spec else c.ljust(w) for c, w, (_, _, spec) in zip(cells, widths, columns, strict=True)]
         return "  ".join(padded).rstrip()
 
     lines: list[str] = []

@@ -33,7 +33,9 @@ CONFIDENCE = 0.95
 MEAN_METRICS = ("f1", "precision", "recall", "exact_match", "sentence_bleu", "rouge_l")
 RATIO_METRICS = {"perplexity": "nll", "token_accuracy": "correct"}  # numerator column, over ``tokens``
 METRICS = (*MEAN_METRICS, "bleu", "perplexity", "token_accuracy")
-"""Metrics `additive` knows how to recompute from ``evaluate_model``'s ``items``."""
+"""Metrics `additive` recomputes from ``evaluate_model``'s ``items`` for every data set."""
+MULTI_REFERENCE_METRICS = ("nist", "cider", "rouge_l_e2e")
+"""And for multi-reference (E2E) data, whose ``items`` also hold ``nist_stats``, ``cider``, ``rouge_l_e2e``."""
 _TEST_KEYS = {"diff": "diff", "lo": "diff_lo", "hi": "diff_hi", "p": "p", "within_noise": "within_noise"}
 
 Statistic = Callable[[np.ndarray], np.ndarray]
@@ -73,6 +75,18 @@ def corpus_bleu(stats: np.ndarray) -> np.ndarray:
     return np.where((correct.sum(axis=-1) == 0) | (total == 0).any(axis=-1), 0.0, score)
 
 
+def corpus_nist(stats: np.ndarray) -> np.ndarray:
+    """NIST-5 of each row of summed per-item statistics (`peft_gpt2.metrics.ItemStatistics.nist`, 11 columns)."""
+    from peft_gpt2.metrics.ngram_scores import NIST_ORDER, nist_length_penalty
+
+    stats = np.asarray(stats, dtype=np.float64)
+    matched, produced = stats[..., :NIST_ORDER], stats[..., NIST_ORDER : 2 * NIST_ORDER]
+    precision = (matched / np.maximum(produced, 1.0)).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(stats[..., -1] > 0, produced[..., 0] / stats[..., -1], np.inf)
+    return precision * np.vectorize(nist_length_penalty, otypes=[float])(ratio)
+
+
 def _ratio(log: bool) -> Finish:
     def finish(sums: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -84,11 +98,13 @@ def _ratio(log: bool) -> Finish:
 
 def additive(items: Mapping[str, list], metric: str) -> tuple[np.ndarray, Finish]:
     """``(x, finish)``: per-item statistics ``(n, k)`` whose (weighted) sum `finish` turns into the metric."""
-    if metric in MEAN_METRICS:
+    if metric in MEAN_METRICS or metric in ("cider", "rouge_l_e2e"):  # per-item values, averaged
         column = np.asarray(items[metric], dtype=np.float64)
         return np.stack([column, np.ones_like(column)], axis=1), _ratio(log=False)
     if metric == "bleu":
         return np.asarray(items["bleu_stats"], dtype=np.float64).reshape(-1, 10), corpus_bleu
+    if metric == "nist":
+        return np.asarray(items["nist_stats"], dtype=np.float64), corpus_nist
     if metric in RATIO_METRICS:
         x = np.stack([np.asarray(items[k], dtype=np.float64) for k in (RATIO_METRICS[metric], "tokens")], axis=1)
         return x, _ratio(log=metric == "perplexity")
@@ -190,7 +206,7 @@ def _paired(x: np.ndarray, ref: np.ndarray, finish: Finish, diffs: np.ndarray, *
 def compare_rows(
     items: Mapping[str, Mapping[str, list]],
     reference: str | None,
-    metrics: tuple[str, ...] = METRICS,
+    metrics: tuple[str, ...] = METRICS + MULTI_REFERENCE_METRICS,
     *,
     resamples: int = RESAMPLES,
     seed: int = SEED,
@@ -215,7 +231,10 @@ def compare_rows(
     n = sizes.pop()
     weights = counts(draws(n, resamples, seed), n)
     out: dict[str, dict] = {label: {} for label in items}
+    needs = {"bleu": "bleu_stats", "nist": "nist_stats", "perplexity": "nll", "token_accuracy": "correct"}
     for metric in metrics:
+        if metric in MULTI_REFERENCE_METRICS and not all(needs.get(metric, metric) in c for c in items.values()):
+            continue  # NIST and CIDEr exist only for multi-reference data
         stats = {label: additive(columns, metric) for label, columns in items.items()}
         drawn = {label: finish(weights @ x) for label, (x, finish) in stats.items()}
         for label, (x, finish) in stats.items():

@@ -89,3 +89,26 @@ def test_a_hub_data_set_keeps_its_own_splits(tmp_path, gpt2_tokenizer, monkeypat
     rows = data_to_text_rows(recipe.data, gpt2_tokenizer)
     assert (rows.stats["train_mrs"], rows.stats["validation_mrs"], rows.stats["test_mrs"]) == (2, 1, 1)
     assert len(rows.train) == 4 and rows.test[0]["references"] == ["D is x.", "D is y."]
+
+
+@pytest.mark.slow
+def test_compare_scores_a_data_to_text_test_split_against_every_reference(tmp_path):
+    from peft_gpt2.compare import compare
+    from peft_gpt2.generation import GenerationSettings
+    from peft_gpt2.reports import terminal_table
+    from peft_gpt2.train import train
+
+    runs = []
+    for name, seed in (("e2e-a", 1), ("e2e-b", 2)):
+        data = {"path": str(DEVSET), "format": "data_to_text", "template": "data_to_text", "limit": 40}
+        path = write_recipe(tmp_path / f"{name}.yaml", data=data, train={"max_steps": 2, "seed": seed})
+        runs.append(str(train(load_recipe(path)).path))
+    settings = GenerationSettings(max_new_tokens=6, num_beams=2, stop=["\n"])
+    rows = compare(runs, data=["test", str(DEVSET)], limit=5, settings=settings)
+    test_rows = [r for r in rows if r["dataset"] == "test"]
+    assert [r["model"] for r in test_rows] == ["base", "e2e-a", "e2e-b"]
+    for row in rows:
+        assert row["nist"] is not None and row["cider"] is not None and row["nist_lo"] <= row["nist"] <= row["nist_hi"]
+        assert row["bleu_lo"] <= row["bleu"] <= row["bleu_hi"]
+    table = terminal_table(rows)
+    assert "NIST" in table and "CIDEr" in table and "METEOR is not computed" in table
