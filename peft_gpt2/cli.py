@@ -34,22 +34,13 @@ def _train(args: argparse.Namespace) -> None:
     train(recipe, overwrite=args.overwrite, resume=args.resume)
 
 
-def _settings(args: argparse.Namespace):
-    from peft_gpt2.generation import GenerationSettings
+def _settings(args: argparse.Namespace, folders: list[str] | tuple[str, ...] = ()):
+    """Decoding: the flags given, over the runs' recorded ``generation`` section, over the defaults."""
+    from peft_gpt2.generation import resolve_settings
+    from peft_gpt2.run_folder import Provenance
 
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature > 0,
-        temperature=args.temperature if args.temperature > 0 else 1.0,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    given = {k: v for k, v in vars(args).items() if k in GENERATION_FLAGS and v is not None}
+    return resolve_settings(given, [Provenance.read(f).recipe.get("generation") for f in folders])
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -57,13 +48,13 @@ def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from peft_gpt2.adapter_folder import base_of, folder_kind
-    from peft_gpt2.compare import write_jsonl
-    from peft_gpt2.evaluation import evaluate_model, load_eval_records
+    from peft_gpt2.compare import write_jsonl, write_lines
+    from peft_gpt2.evaluation import answer_records, evaluate_model, load_eval_records
     from peft_gpt2.run_folder import Provenance
 
     records, task = load_eval_records(args.data, args.task)  # bad data fails before any model loads
     records = records[: args.limit] if args.limit else records
-    settings = _settings(args)
+    settings = _settings(args, [args.adapter] if args.adapter else [])
     if args.adapter and folder_kind(args.adapter, allow_pickle=args.allow_pickle) == "model":
         model_name, adapter = args.adapter, None  # a full fine-tune is a model folder
     else:
@@ -78,12 +69,21 @@ def _eval(args: argparse.Namespace) -> None:
     adapters = {"adapter": adapter} if adapter else {}
     adapter_set = AdapterSet(model, tokenizer, adapters, force=args.force, allow_pickle=args.allow_pickle)
     template = args.template or Provenance.read(args.adapter or model_name).template
+    label = Path(args.adapter).name if args.adapter else Path(model_name).name
+    stem = f"{label}.{Path(args.data).stem}"
+    answers, outputs = Path(args.out) / f"{stem}.answers.jsonl", Path(args.out) / f"{stem}.outputs.txt"
+    summary = {"model": model_name, "adapter": adapter, "data": args.data, "task": task}
+    if task == "data_to_text" and not all(r["references"] for r in records):  # inputs only: predict, no scores
+        with adapter_set.using("adapter" if adapter else None):
+            texts = answer_records(adapter_set.model, tokenizer, records, template, settings)
+        print(json.dumps({**summary, "outputs": str(write_lines(texts, outputs))}))
+        return
     with adapter_set.using("adapter" if adapter else None):
         result = evaluate_model(adapter_set.model, tokenizer, records, template=template, settings=settings)
-    label = Path(args.adapter).name if args.adapter else Path(model_name).name
-    answers = Path(args.out) / f"{label}.{Path(args.data).stem}.answers.jsonl"
     write_jsonl(result["answers"], answers)
-    summary = {"model": model_name, "adapter": adapter, "data": args.data, "task": task, "answers": str(answers)}
+    summary["answers"] = str(answers)
+    if task == "data_to_text":  # one line per MR, in input order: what the official E2E scripts score
+        summary["outputs"] = str(write_lines([a["generated"] for a in result["answers"]], outputs))
     print(json.dumps({**summary, **result["metrics"]}, indent=2))
 
 
@@ -94,9 +94,10 @@ def _compare(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from peft_gpt2.compare import compare
+    from peft_gpt2.generation import describe_decoding
     from peft_gpt2.reports import terminal_table, write_report
 
-    settings = _settings(args)
+    settings = _settings(args, args.runs)
     _quiet_loading_bars()
     out = Path(args.out)
     rows = compare(
@@ -113,8 +114,7 @@ def _compare(args: argparse.Namespace) -> None:
         "command": "peft-gpt2 " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "decoding": f"max_new_tokens={settings.max_new_tokens}, "
-        + (f"sampling T={settings.temperature}" if settings.do_sample else "greedy"),
+        "decoding": describe_decoding(settings),
     }
     paths = write_report(rows, out, args.name, meta=meta)
     print(terminal_table(rows))
@@ -191,18 +191,33 @@ def _add_trust_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
 
 
+GENERATION_FLAGS = (
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "num_beams",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "batch_size",
+    "seed",
+)
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (the LoRA paper's E2E: 10)")
-    g.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**this (paper: 0.8)")
-    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeated n-grams (paper: 4)")
-    g.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.description = "unset flags: the run's recorded generation section, else these defaults"
+    g.add_argument("--max-new-tokens", type=int, help="default 128")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default); > 0 samples")
+    g.add_argument("--top-k", type=int, help="default 50")
+    g.add_argument("--top-p", type=float, help="default 1.0")
+    g.add_argument("--repetition-penalty", type=float, help="default 1.0")
+    g.add_argument("--num-beams", type=int, help="> 1: beam search (the LoRA paper's E2E: 10); default 1")
+    g.add_argument("--length-penalty", type=float, help="beam score / length**this (paper: 0.8); default 1.0")
+    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeated n-grams (paper: 4); default 0")
+    g.add_argument("--batch-size", type=int, help="prompts per generate call; default 64")
+    g.add_argument("--seed", type=int, help="seed for sampling")
 
 
 def _add_scoring_commands(commands) -> None:

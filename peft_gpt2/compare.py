@@ -140,6 +140,13 @@ def add_uncertainty(rows: list[dict], items: dict[tuple[str, str], dict], refere
                 row.update(reference=reference, **stats[row["model"]])
 
 
+def write_lines(texts: list[str], path: Path) -> Path:
+    """One text per line (a line break inside one becomes a space), atomically: what the E2E scripts score."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "".join(" ".join(t.split()) + "\n" for t in texts).encode("utf-8"))
+    return path
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     """Write atomically: a temp file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

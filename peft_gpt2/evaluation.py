@@ -139,13 +139,13 @@ def evaluate_model(
     tmpl = get_template(template)
     if not records:
         raise PeftGpt2Error("no records to evaluate")
-    settings = settings or GenerationSettings(batch_size=batch_size)
-    settings = replace(settings, stop=settings.stop + [s for s in tmpl.stop if s not in settings.stop])
     pairs = [tmpl.render(r) for r in records]
     expected = [p["completion"] for p in pairs]
 
     start = time.perf_counter()
-    generated = [c.text for c in generate(model, tokenizer, [p["prompt"] for p in pairs], settings)]
+    generated = answer_records(
+        model, tokenizer, records, template, settings or GenerationSettings(batch_size=batch_size)
+    )
     generation_time = time.perf_counter() - start
     start = time.perf_counter()
     loss = completion_loss(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
@@ -163,6 +163,17 @@ def evaluate_model(
         for r, e, g, f in zip(records, expected, generated, items["f1"], strict=True)
     ]
     return {"metrics": metrics, "answers": answers, "items": items}
+
+
+def answer_records(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict], template: str, settings
+) -> list[str]:
+    """Each record's generated answer, in input order, through `template`; generation also stops where the
+    template's next section starts (its stop strings are added to `settings`')."""
+    tmpl = get_template(template)
+    settings = replace(settings, stop=settings.stop + [s for s in tmpl.stop if s not in settings.stop])
+    prompts = [tmpl.prompt(r["instruction"], r.get("input") or "") for r in records]
+    return [c.text for c in generate(model, tokenizer, prompts, settings)]
 
 
 def _loss_metrics(loss: dict) -> dict:
@@ -216,4 +227,4 @@ def item_scores(generated: list[str], expected: list[str]) -> dict[str, list]:
     return columns
 
 
-__all__ = ["TASK_FIELDS", "evaluate_model", "item_scores", "load_eval_records"]
+__all__ = ["TASK_FIELDS", "answer_records", "evaluate_model", "item_scores", "load_eval_records"]

@@ -94,6 +94,26 @@ class GenerationSettings:
         return config
 
 
+def resolve_settings(given: dict, recorded: list[dict | None]) -> GenerationSettings:
+    """``GenerationSettings`` from flags `given` (``temperature`` 0 = greedy) over runs' `recorded` ``generation``
+    sections (``None``: none recorded), over the defaults. Runs that record different settings are refused: one
+    comparison decodes every row alike."""
+    from dataclasses import replace
+
+    found = [r for r in recorded if r is not None]
+    if any(r != found[0] for r in found):
+        raise PeftGpt2Error(
+            "the runs record different decoding settings (their recipes' generation sections); pass the flags "
+            "(--max-new-tokens, --num-beams, ...) to decode them all alike"
+        )
+    settings = GenerationSettings(**found[0]) if found else GenerationSettings()
+    given = dict(given)
+    if "temperature" in given:
+        temperature = given.pop("temperature")
+        given.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0)
+    return replace(settings, **given)
+
+
 def describe_decoding(settings: GenerationSettings) -> str:
     """One line for a report: how the answers were decoded."""
     if settings.do_sample:

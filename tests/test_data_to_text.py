@@ -112,3 +112,33 @@ def test_compare_scores_a_data_to_text_test_split_against_every_reference(tmp_pa
         assert row["bleu_lo"] <= row["bleu"] <= row["bleu_hi"]
     table = terminal_table(rows)
     assert "NIST" in table and "CIDEr" in table and "METEOR is not computed" in table
+
+
+def test_decoding_resolves_flags_over_the_runs_recorded_settings():
+    from peft_gpt2.generation import resolve_settings
+
+    beams = {"num_beams": 10, "length_penalty": 0.8, "no_repeat_ngram_size": 4, "max_new_tokens": 64}
+    assert resolve_settings({}, [None]).num_beams == 1  # nothing recorded: the defaults
+    settings = resolve_settings({"max_new_tokens": 8}, [beams, None, beams])
+    assert (settings.num_beams, settings.length_penalty, settings.max_new_tokens) == (10, 0.8, 8)
+    assert resolve_settings({"temperature": 0.7}, []).do_sample
+    with pytest.raises(PeftGpt2Error, match="record different decoding settings"):
+        resolve_settings({}, [beams, {**beams, "num_beams": 4}])
+
+
+@pytest.mark.slow
+def test_eval_writes_one_output_per_mr_for_the_official_scripts(tmp_path):
+    from peft_gpt2.cli import main
+    from peft_gpt2.train import train
+
+    data = {"path": str(DEVSET), "format": "data_to_text", "template": "data_to_text", "limit": 20}
+    generation = {"num_beams": 2, "max_new_tokens": 5, "stop": ["\n"]}
+    adapter = train(load_recipe(write_recipe(tmp_path / "e2e.yaml", data=data, generation=generation))).path
+    (tmp_path / "inputs.csv").write_text('mr\n"name[A], food[Thai]"\n"name[B], area[riverside]"\n"name[C]"\n')
+    inputs = str(tmp_path / "inputs.csv")
+    assert main(["eval", "--adapter", str(adapter), "--data", inputs, "--out", str(tmp_path)]) == 0
+    outputs = (tmp_path / "e2e.inputs.outputs.txt").read_text().split("\n")
+    assert len(outputs) == 4 and outputs[-1] == ""  # one line per MR, in input order
+    assert main(["eval", "--adapter", str(adapter), "--data", str(DEVSET), "--limit", "3", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "e2e.devset.outputs.txt").read_text().splitlines()) == 3
+    assert len((tmp_path / "e2e.devset.answers.jsonl").read_text().splitlines()) == 3
