@@ -196,7 +196,7 @@ def compare(
             if answers_dir is not None:
                 write_jsonl(result["answers"], answers_dir / f"{run.label}.{name}.answers.jsonl")
             print(
-                f"{run.label:>24} {name:>16}: F1 {result['metrics']['f1']:.3f}  "
+                f"{run.label:>24} {name:>16}: F1 {result['metrics']['f1']:.3f}  BLEU {result['metrics']['bleu']:.3f}  "
                 f"perplexity {result['metrics']['perplexity']:.2f}",
                 flush=True,
             )
