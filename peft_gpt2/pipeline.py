@@ -124,6 +124,8 @@ def decoding(spec: dict):
 
 
 def _compare(spec: dict) -> None:
+    import os
+    import platform
     import time
 
     from peft_gpt2.compare import compare
@@ -143,6 +145,7 @@ def _compare(spec: dict) -> None:
     meta = {
         "pipeline stage": spec["name"],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
         "decoding": describe_decoding(settings),
     }
     write_report(rows, out, spec["name"], meta=meta)
