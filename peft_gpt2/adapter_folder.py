@@ -91,7 +91,7 @@ def attach(
         raise PeftGpt2Error(f"{path} is a full model folder, not an adapter; load it as a model (--model {path})")
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     check_base(path, base, force=force)
-    check_readable(path)
+    check_weights(path, base)
     if isinstance(model, PeftModel):
         if name in model.peft_config:
             raise PeftGpt2Error(f"an adapter named {name!r} is already loaded")
@@ -100,16 +100,64 @@ def attach(
     return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
 
 
-def check_readable(path: str | Path) -> None:
-    """Refuse a folder whose safetensors weights are not a readable safetensors file, naming the file."""
-    from safetensors import safe_open
+def adapter_tensors(path: str | Path) -> dict:
+    """The adapter's saved tensors by key (safetensors; a pickle ``.bin`` only after ``folder_kind`` allowed it)."""
+    import torch
+    from safetensors.torch import load_file
 
-    for file in sorted(Path(path).glob("*.safetensors")):
+    files = sorted(Path(path).glob("adapter_model*.safetensors")) or sorted(Path(path).glob("adapter_model*.bin"))
+    tensors = {}
+    for file in files:
         try:
-            with safe_open(str(file), framework="pt") as weights:
-                weights.keys()
-        except Exception as err:  # safetensors raises its own error type for a bad header
-            raise PeftGpt2Error(f"{file}: not a readable safetensors file ({err})") from None
+            loaded = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)
+        except Exception as err:  # safetensors and torch raise their own types for a damaged file
+            raise PeftGpt2Error(f"{file}: not a readable weights file ({type(err).__name__}: {err})") from None
+        tensors.update(loaded)
+    return tensors
+
+
+def check_weights(path: str | Path, base: PreTrainedModel) -> None:
+    """Refuse an adapter whose weights are not exactly the adapter its config declares for this base.
+
+    An extra key could name a base weight (PEFT would load it into the base every adapter shares), a missing one
+    leaves a declared module at its initial value (a silent no-op), a wrong shape or dtype or a nan corrupts
+    outputs. The expected keys, shapes and dtypes are PEFT's own: the config applied to a weightless (meta)
+    copy of the base, exactly what ``save_pretrained`` writes.
+    """
+    import copy
+
+    import torch
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    try:
+        config = PeftConfig.from_pretrained(str(path))
+    except Exception as err:  # a malformed adapter_config.json: PEFT raises several types
+        raise PeftGpt2Error(f"{path}/adapter_config.json: not a PEFT config ({type(err).__name__}: {err})") from None
+    skeleton_config = copy.deepcopy(base.config)
+    if hasattr(skeleton_config, "quantization_config"):
+        del skeleton_config.quantization_config  # the skeleton only needs shapes
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(skeleton_config)
+    try:
+        expected = get_peft_model_state_dict(get_peft_model(skeleton, config))
+    except (ValueError, TypeError, KeyError) as err:  # e.g. target modules this base does not have
+        raise PeftGpt2Error(f"{path}: its adapter_config.json does not fit this base ({err})") from None
+    found = adapter_tensors(path)
+    extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    if extra:
+        raise PeftGpt2Error(f"{path}: weight {extra[0]!r} is not part of the adapter its config declares; refused")
+    if missing:
+        raise PeftGpt2Error(f"{path}: weight {missing[0]!r} is missing, so that module would keep its initial value")
+    for key, tensor in found.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise PeftGpt2Error(
+                f"{path}: weight {key!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+        if not tensor.is_floating_point():
+            raise PeftGpt2Error(f"{path}: weight {key!r} has dtype {tensor.dtype}, expected a floating-point type")
+        if not torch.isfinite(tensor).all():
+            raise PeftGpt2Error(f"{path}: weight {key!r} holds nan or inf values")
 
 
 def disk_size_mb(path: str | Path) -> float:

@@ -214,7 +214,7 @@ def test_refused_folders(m, pair, tmp_path, tiny_path):
     broken = tmp_path / "broken"
     shutil.copytree(pair["B"], broken)
     (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(PeftGpt2Error, match="not a readable safetensors file"):
+    with pytest.raises(PeftGpt2Error, match="not a readable weights file"):
         m.add("broken", broken)
     assert "broken" not in m.model.peft_config  # PEFT had added it before reading the weights
     assert m.names == ["A", "B"] and frozen(m)  # refusals change nothing
@@ -312,3 +312,42 @@ def test_base_only_set(tiny):
     with m.base_only():
         assert torch.equal(logits(m), fresh_logits())
     assert len(m.generate(["Double it."], settings=FAST)) == 1
+
+
+def tampered(pair, tmp_path, name: str, change) -> str:
+    """A copy of adapter A whose weights file `change` rewrote (a dict of tensors in, one out)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / name
+    shutil.copytree(pair["A"], folder)
+    weights = folder / "adapter_model.safetensors"
+    save_file(change(load_file(weights)), weights)
+    return str(folder)
+
+
+def _base_key(weights: dict) -> dict:
+    return {**weights, "base_model.model.transformer.wte.weight": torch.zeros(50257, 64)}  # would zero the embeddings
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_base_key, "transformer.wte.weight' is not part of the adapter"),
+        (lambda w: {k.replace("lora_A", "lora_X"): v for k, v in w.items()}, "is not part of the adapter"),
+        (lambda w: {k: v for k, v in w.items() if ".h.1." not in k}, "is missing"),
+        (lambda w: {k: (v[:-1] if "h.0.attn.c_attn.lora_A" in k else v) for k, v in w.items()}, "has shape"),
+        (lambda w: {k: (v.to(torch.int32) if "lora_B" in k else v) for k, v in w.items()}, "floating-point"),
+        (lambda w: {k: (v * float("nan") if "lora_B" in k else v) for k, v in w.items()}, "nan or inf"),
+    ],
+    ids=["base-key", "no-key-matches", "missing-module", "shape", "dtype", "nan"],
+)
+def test_an_adapter_may_only_change_itself(m, pair, tmp_path, change, message):
+    """Each bad folder is refused naming the key; the base and the other adapters stay bitwise the same."""
+    before = {name: logits(m, name) for name in (None, "A", "B")}
+    with pytest.raises(PeftGpt2Error, match=message):
+        m.add("bad", tampered(pair, tmp_path, "bad", change))
+    assert m.names == ["A", "B"] and frozen(m)
+    assert all(torch.equal(logits(m, name), before[name]) for name in before)
+    model, _ = models.load_base("tiny-gpt2")
+    with pytest.raises(PeftGpt2Error, match=message):  # the same check for eval, compare, merge, chat and serve
+        attach(model, tampered(pair, tmp_path, "bad2", change), "x")
