@@ -53,6 +53,13 @@ def validate_records(raw: list, source: str) -> list[dict]:
                 continue
             if not isinstance(value, str):
                 raise PeftGpt2Error(f"{source}: record {i}: field {key!r} must be a string, got {type(value).__name__}")
+            try:  # a lone surrogate ("\\ud800" in JSON) trains, then fails when the test split is written out
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise PeftGpt2Error(
+                    f"{source}: record {i}: field {key!r} holds text that is not valid Unicode ({err.reason} at "
+                    f"character {err.start}); fix or drop the record"
+                ) from None
         records.append({key: record.get(key) or "" for key in FIELDS})
     return records
 

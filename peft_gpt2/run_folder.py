@@ -118,14 +118,24 @@ def staged_folder(out: Path, *, overwrite: bool):
         yield stage
         if out.exists() and not overwrite:
             raise PeftGpt2Error(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        publish_folder(stage, out)
+        publish_folder(stage, out, overwrite=overwrite)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def publish_folder(src: Path, dst: Path) -> None:
-    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is set aside first, removed only after."""
+def publish_folder(src: Path, dst: Path, *, overwrite: bool = True) -> None:
+    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is set aside first, removed only after.
+
+    Without ``overwrite`` an existing ``dst`` is refused, atomically: of two runs publishing one new name at once,
+    the first rename wins and the other is told, so neither silently replaces the other.
+    """
     src.chmod(0o755)  # tempfile.mkdtemp makes folders private
+    if not overwrite:
+        try:
+            src.rename(dst)  # fails when dst exists and is not empty; an empty leftover folder is replaced
+        except OSError:
+            raise PeftGpt2Error(f"{dst} was written by another run while this one trained; not replaced") from None
+        return
     old = dst.with_name(f".{dst.name}.old-{time.time_ns()}")
     if dst.exists():
         dst.rename(old)

@@ -181,7 +181,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
         data=data.stats,
     )
     # 4. Save, then rename into place.
-    save_run(trainer, recipe, tokenizer, data.test, provenance)
+    save_run(trainer, recipe, tokenizer, data.test, provenance, overwrite=overwrite)
     say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {recipe.out_path}", flush=True)
     return TrainRun(recipe.out_path, provenance, trainer.model.eval(), tokenizer)
 
@@ -230,7 +230,7 @@ def describe(recipe: Recipe, model: PreTrainedModel, trainable: int, total: int)
     )
 
 
-def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: Provenance) -> None:
+def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: Provenance, *, overwrite: bool) -> None:
     """Write the run folder beside ``recipe.out_path`` and rename it into place; drop the run's checkpoints.
 
     PEFT folder (or full model), tokenizer, resolved recipe, test split, log, provenance. Under torchrun /
@@ -251,7 +251,7 @@ def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: P
                 save_records(test, stage / TEST_SPLIT)
             (stage / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
             provenance.write(stage)
-            publish_folder(stage, out)
+            publish_folder(stage, out, overwrite=overwrite)  # a run that took the name meanwhile is not replaced
             discard_checkpoints(recipe)  # the run is complete; its checkpoints are not needed
         trainer.accelerator.wait_for_everyone()
     finally:

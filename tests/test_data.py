@@ -129,3 +129,10 @@ def test_a_data_set_too_small_for_a_validation_split_still_trains(tmp_path, gpt2
     (tmp_path / "a.json").write_text(json.dumps(records(4)))  # 10% of 4 rounds to 0 validation records
     rows = instruction_rows(DataConfig(path=str(tmp_path / "a.json"), template="short"), gpt2_tokenizer)
     assert len(rows.train) == 4 and rows.validation == [] and rows.stats["validation_overlong_dropped"] == 0
+
+
+def test_text_that_cannot_be_written_back_is_refused_before_training(tmp_path):
+    """A lone surrogate parses as JSON, trains, and only fails when the test split is saved: refuse it up front."""
+    (tmp_path / "bad.json").write_text('[{"instruction": "Say it.", "input": "", "output": "ok \\ud800"}]')
+    with pytest.raises(PeftGpt2Error, match=r"record 0: field 'output' holds text that is not valid Unicode"):
+        load_records(str(tmp_path / "bad.json"))

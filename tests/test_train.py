@@ -374,3 +374,40 @@ def test_provenance_records_the_training_tokens_seen(tmp_path):
 
     record = Provenance.read(train_toy_adapter(tmp_path, "A", steps=2, records=16))
     assert record.train_steps == 2 and 0 < record.tokens_seen <= 2 * 8 * 48  # 2 steps x batch 8 x max_length
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_new_name_one_wins_the_other_is_refused(tmp_path):
+    """Both start before either has published: the first rename wins, the second is told, nothing is replaced."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TOY_DATA, write_recipe
+
+    (tmp_path / "data.json").write_text(json.dumps(TOY_DATA["A"]))
+    recipe = write_recipe(tmp_path / "race.yaml", train={"max_steps": 6})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "peft_gpt2", "train", str(recipe)]
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((run.wait(timeout=600), run.stderr.read()) for run in runs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "already exists" in outcomes[1][1] or "written by another run" in outcomes[1][1]
+    assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["race"]  # one folder, no leftovers
+    assert (tmp_path / "adapters" / "race" / "adapter_model.safetensors").exists()
+
+
+def test_publishing_without_overwrite_never_replaces_a_finished_folder(tmp_path):
+    from peft_gpt2.run_folder import publish_folder
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "weights").write_text("first")
+    (tmp_path / "out").mkdir()
+    publish_folder(tmp_path / "first", tmp_path / "out", overwrite=False)  # an empty leftover folder is replaced
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "weights").write_text("second")
+    with pytest.raises(PeftGpt2Error, match="written by another run"):
+        publish_folder(tmp_path / "second", tmp_path / "out", overwrite=False)
+    assert (tmp_path / "out" / "weights").read_text() == "first"
+    publish_folder(tmp_path / "second", tmp_path / "out")  # --overwrite replaces it
+    assert (tmp_path / "out" / "weights").read_text() == "second"
