@@ -194,10 +194,20 @@ def _respond(err: ApiError) -> JSONResponse:
 
 
 async def _limit_body(request: Request, call_next):
-    """Refuse an oversized body from its header, before reading (and holding) it in memory."""
-    length, limit = request.headers.get("content-length", "0"), request.app.state.max_body_bytes
-    if not length.isdigit() or int(length) > limit:
-        return _respond(ApiError(413, f"request body over {limit} bytes", code="request_too_large"))
+    """Refuse an oversized body: from its header before reading it, or, sent chunked without one, as soon as the
+    bytes read pass the limit (never holding more than the limit in memory)."""
+    limit = request.app.state.max_body_bytes
+    too_large = _respond(ApiError(413, f"request body over {limit} bytes", code="request_too_large"))
+    length = request.headers.get("content-length")
+    if length is not None:
+        return too_large if not length.isdigit() or int(length) > limit else await call_next(request)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # Starlette replays a body read here to the route
     return await call_next(request)
 
 

@@ -3,6 +3,7 @@ in OpenAI's shape, bounded queue."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -291,3 +292,22 @@ def test_a_failing_request_in_a_batch_fails_alone(adapter_set, monkeypatch):
     assert "RuntimeError: boom" in error_of(responses[2], 500)["message"]
     assert sorted(calls[1]) == sorted(prompts)  # one batch (in arrival order), which failed; then each alone
     assert sorted(map(tuple, calls[2:])) == sorted((p,) for p in prompts)
+
+
+def test_a_chunked_body_without_length_is_bounded_too(http):
+    """No Content-Length (chunked transfer): refused once the bytes read pass the limit; a small one still works."""
+
+    def chunks(total: int):
+        piece = b'{"model": "A", "prompt": "' + b"x" * 10_000
+        yield piece
+        sent = len(piece)
+        while sent < total:
+            yield b"x" * 65_536
+            sent += 65_536
+        yield b'", "max_tokens": 1}'
+
+    error_of(http.post("/v1/completions", content=chunks(5_000_000)), 413)
+    small = json.dumps(body()).encode()
+    headers = {"Content-Type": "application/json"}
+    reply = http.post("/v1/completions", content=iter([small[:10], small[10:]]), headers=headers)
+    assert reply.status_code == 200, reply.text
