@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import InstructionRows, Splits, rows_from_splits, split, subsample
-from peft_gpt2.sources import read_text
+from peft_gpt2.sources import is_hub_name, read_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from peft_gpt2.recipe import DataConfig
 
 HUB_FIELDS = ("meaning_representation", "human_reference")
+CSV = (".csv",)
 
 
 def load_mrs(source: str, hub_split: str = "train") -> list[dict]:
@@ -35,7 +35,7 @@ def load_mrs(source: str, hub_split: str = "train") -> list[dict]:
     official data and scoring scripts: NIST's and CIDEr's weights count references, so dropping them would move
     those scores away from the published ones.
     """
-    rows = _hub_rows(source, hub_split) if is_hub_name(source) else _csv_rows(read_text(source), source)
+    rows = _hub_rows(source, hub_split) if is_hub_name(source, CSV) else _csv_rows(read_text(source), source)
     groups: dict[str, list[str]] = {}
     for mr, ref in rows:
         refs = groups.setdefault(mr, [])
@@ -87,18 +87,13 @@ def as_eval_records(groups: list[dict]) -> list[dict]:
     ]
 
 
-def is_hub_name(source: str) -> bool:
-    path = Path(source).expanduser()
-    return not (source.startswith(("http://", "https://", ".", "/", "~")) or path.suffix == ".csv" or path.exists())
-
-
 def data_to_text_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
     """Split the MRs (seeded, by MR), then train on every (MR, reference) pair of the training MRs.
 
     A hub data set (``e2e_nlg``) keeps its own train / validation / test splits (``data.split`` is not used);
     ``data.limit`` / ``data.fraction`` subsample the training MRs.
     """
-    if is_hub_name(d.path):
+    if is_hub_name(d.path, CSV):
         train, validation, test = (load_mrs(d.path, part) for part in ("train", "validation", "test"))
         train = subsample(train, limit=d.limit, fraction=d.fraction, seed=d.seed)
         groups = train + validation + test

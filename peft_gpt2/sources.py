@@ -59,17 +59,25 @@ def read_text(source: str) -> str:
                 return decode(response.read(), source)
         except OSError as err:
             raise PeftGpt2Error(f"could not download {source}: {err}; download it and use the file") from None
-    return decode(Path(source).expanduser().read_bytes(), source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise PeftGpt2Error(f"data file {source} does not exist")
+    return decode(path.read_bytes(), source)
+
+
+def is_hub_name(source: str, file_suffixes: tuple[str, ...]) -> bool:
+    """Whether ``source`` names a Hugging Face data set: not a URL, not an existing path, not path-like, and not
+    ending like a file (a missing ``data.json`` is a missing file, not a hub name)."""
+    path = Path(source).expanduser()
+    path_like = source.startswith(("http://", "https://", ".", "/", "~")) or path.suffix in file_suffixes
+    return not (path_like or path.exists())
 
 
 def read_source(source: str) -> list:
     """The records in ``source`` (a JSON/JSONL file, an http(s) URL, or a hub data set name), not yet validated."""
-    path = Path(source).expanduser()
-    if source.startswith(("http://", "https://")) or path.is_file():
-        return _parse_json(read_text(source), source)
-    if path.suffix in (".json", ".jsonl") or path.exists() or source.startswith((".", "/", "~")):
-        raise PeftGpt2Error(f"data file {source} does not exist")
-    return _read_hub_dataset(source)
+    if is_hub_name(source, (".json", ".jsonl")):
+        return _read_hub_dataset(source)
+    return _parse_json(read_text(source), source)
 
 
 def _read_hub_dataset(name: str) -> list:

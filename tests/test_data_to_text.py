@@ -45,6 +45,8 @@ def test_the_shipped_devset():
 def test_mrs_without_references_and_bad_files(tmp_path):
     (tmp_path / "inputs.csv").write_text('mr\n"name[A], food[Thai]"\n"name[B]"\n')
     assert [g["references"] for g in load_mrs(str(tmp_path / "inputs.csv"))] == [[], []]  # a test-input file
+    with pytest.raises(PeftGpt2Error, match="does not exist"):  # a missing file, not a hub data set name
+        load_mrs(str(tmp_path / "missing.csv"))
     (tmp_path / "bad.csv").write_text("meaning,text\nx,y\n")
     with pytest.raises(PeftGpt2Error, match="expected a CSV with columns mr and ref"):
         load_mrs(str(tmp_path / "bad.csv"))
