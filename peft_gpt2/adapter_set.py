@@ -25,6 +25,7 @@ from peft_gpt2.adapter_folder import attach, base_of, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import Completion, GenerationSettings, generate
 from peft_gpt2.merge import merge_adapter
+from peft_gpt2.methods import check_one_method, drop_routing_hooks, mixes_rows
 from peft_gpt2.run_folder import Provenance
 from peft_gpt2.templates import TEMPLATES, Template, get_template
 
@@ -109,6 +110,7 @@ class AdapterSet:
             check_name(name)
             if folder_kind(path, allow_pickle=kwargs.get("allow_pickle", False)) != "adapter":
                 raise PeftGpt2Error(f"{path} is a full model folder, not an adapter; load it as the model instead")
+        check_one_method(adapters)
         if base_name is None:
             if not adapters:
                 raise PeftGpt2Error("no base model and no adapters: pass a model, an adapter, or both")
@@ -147,6 +149,7 @@ class AdapterSet:
             self._changing()
             if check_name(name) in self._info:
                 raise PeftGpt2Error(f"an adapter named {name!r} is already loaded")
+            check_one_method({**{n: i.path for n, i in self._info.items() if i.path}, name: path})
             try:
                 self.model = attach(self.model, path, name, force=self.force, allow_pickle=self.allow_pickle)
             except Exception:  # e.g. unreadable weights, found after PEFT added the adapter
@@ -156,6 +159,10 @@ class AdapterSet:
                 raise
             self.model.eval()
             self._info[name] = AdapterInfo(Path(path), Provenance.read(path))
+
+    def _mixable(self, rows: list[str | None]) -> bool:
+        """Whether PEFT can run ``rows`` as one batch, each row through its own adapter (``methods.mixes_rows``)."""
+        return all(mixes_rows(self.model.peft_config[r]) for r in rows if r is not None)
 
     def _refreeze(self) -> None:
         """PEFT's ``delete_adapter`` re-activates another adapter with ``requires_grad=True``; undo that."""
@@ -263,7 +270,11 @@ class AdapterSet:
         elif not self._info:
             yield {}
         elif len(set(rows)) > 1:  # PEFT's mixed batch: each row through its own adapter, "__base__" for none
-            yield {"adapter_names": [row or "__base__" for row in rows]}
+            try:
+                yield {"adapter_names": [row or "__base__" for row in rows]}
+            except BaseException:
+                drop_routing_hooks(self.model)
+                raise
         elif rows[0] is None:
             with self.model.disable_adapter():
                 yield {}
@@ -291,7 +302,7 @@ class AdapterSet:
         Args:
             prompts (`list[str | tuple[str, str]]`): instructions, or ``(instruction, input)`` pairs.
             adapters (`list[str | None]`, *optional*): one adapter per prompt (``None``: the base), run as one
-                mixed batch; default: ``active`` for all.
+                mixed batch where PEFT can route rows (LoRA), else one batch per adapter; default: ``active``.
             settings (`GenerationSettings`, *optional*): decoding; greedy by default.
             raw (`bool`, defaults to `False`): use ``prompts`` as-is, without the template.
 
@@ -304,8 +315,15 @@ class AdapterSet:
                 p if raw else self.template_for(r).prompt(*((p,) if isinstance(p, str) else p))
                 for p, r in zip(prompts, rows, strict=True)
             ]
-            with self._routed(rows) as extra:
-                return generate(self.model, self.tokenizer, texts, settings, **extra)
+            together, order = self._mixable(rows) or self._scope, dict.fromkeys(rows)  # else a batch per adapter
+            groups = [range(len(rows))] if together else [[i for i, r in enumerate(rows) if r == n] for n in order]
+            done: list[Completion] = [None] * len(rows)  # type: ignore[list-item]
+            for idx in groups:
+                with self._routed([rows[i] for i in idx]) as extra:
+                    answers = generate(self.model, self.tokenizer, [texts[i] for i in idx], settings, **extra)
+                for i, answer in zip(idx, answers, strict=True):
+                    done[i] = answer
+            return done
 
     def merge(self, name: str, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``name`` merged into a freshly loaded base, as a plain model folder (see ``merge_adapter``).

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from peft_gpt2.adapter_folder import attach, base_of, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.methods import check_mergeable
 from peft_gpt2.run_folder import TEST_SPLIT, Provenance, held_out_records, staged_folder
 
 
@@ -47,6 +48,7 @@ def merge_adapter(
         raise PeftGpt2Error(f"{out} already exists; choose another folder or pass overwrite=True (--overwrite)")
     if folder_kind(path, allow_pickle=allow_pickle) != "adapter":  # before the (slow) base load
         raise PeftGpt2Error(f"{path} is a full model folder already; there is no adapter to merge")
+    check_mergeable(path)
     provenance = Provenance.read(path)
     base = base or base_of(path)
     model, tokenizer = load_base(base)
@@ -68,3 +70,4 @@ def merge_adapter(
             adapter_provenance=provenance.to_dict(),
         ).write(stage)
     return out
+
