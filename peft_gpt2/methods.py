@@ -1,4 +1,8 @@
-"""What each PEFT method can and cannot do once trained: share a batch with other adapters, be merged.
+"""The PEFT methods a recipe can train, and what each can and cannot do: targets, batches, merging.
+
+A method's recipe section holds its PEFT config's keyword arguments (``lora:`` -> ``LoraConfig``, ``ia3:`` ->
+``IA3Config``...); ``adapter_config`` adds what depends on the model: PEFT's default targets for the architecture,
+``fan_in_fan_out`` for GPT-2's Conv1D layers, and refusals of options PEFT cannot apply to them.
 
 Measured on GPT-2 with peft 0.21 (``tests/test_methods.py``): PEFT routes each row of a batch to its own adapter
 (``forward(adapter_names=...)``) for LoRA only. DoRA refuses it; IA3, VeRA and prompt learning (prefix, prompt,
@@ -17,6 +21,75 @@ from peft_gpt2.errors import PeftGpt2Error
 if TYPE_CHECKING:
     from peft import PeftConfig
     from torch import nn
+    from transformers import PreTrainedModel
+
+# recipe method -> PEFT config class; the recipe section of the same name holds its keyword arguments
+CONFIGS = {
+    "lora": "LoraConfig",  # also DoRA (use_dora), rsLoRA (use_rslora), PiSSA and other initialisations
+    "ia3": "IA3Config",
+    "vera": "VeraConfig",
+    "prefix_tuning": "PrefixTuningConfig",
+    "prompt_tuning": "PromptTuningConfig",
+}
+LAYER_METHODS = ("lora", "ia3", "vera")  # these wrap chosen layers; the others add virtual tokens
+# LoRA initialisations PEFT cannot apply here (measured on GPT-2, peft 0.21), and why.
+INITS_REFUSED = {
+    "olora": "fails on GPT-2's Conv1D layers (a shape error inside PEFT)",
+    "eva": "needs a pass over the training data (peft.initialize_lora_eva_weights), which recipes do not run",
+    "corda": "needs a pass over the training data (peft.preprocess_corda), which recipes do not run",
+    "loftq": "needs a loftq_config and scipy; quantize the base with model.quantization instead",
+}
+
+
+def config_class(method: str) -> type[PeftConfig]:
+    import peft
+
+    return getattr(peft, CONFIGS[method])
+
+
+def default_targets(method: str, model: PreTrainedModel) -> list[str]:
+    """PEFT's per-architecture targets for ``method`` (GPT-2 LoRA: ``c_attn``; IA3: ``c_attn``, ``mlp.c_proj``)."""
+    from peft.utils import constants
+
+    table = getattr(constants, f"TRANSFORMERS_MODELS_TO_{method.upper()}_TARGET_MODULES_MAPPING")
+    model_type = model.config.model_type
+    if model_type not in table:
+        raise PeftGpt2Error(f"no default {method} targets for model type {model_type!r}: set {method}.target_modules")
+    return list(table[model_type])
+
+
+def adapter_config(method: str, options: dict, model: PreTrainedModel) -> PeftConfig:
+    """``CONFIGS[method](**options)`` for ``model``: default targets, Conv1D handling, refusals that name the key."""
+    from transformers.pytorch_utils import Conv1D
+
+    options = dict(options)
+    if method in LAYER_METHODS:
+        targets = options.get("target_modules") or default_targets(method, model)
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        # PEFT's rule for a list: a module's full name is the target or ends with "." + target
+        matched = [m for n, m in model.named_modules() if any(n == t or n.endswith(f".{t}") for t in targets)]
+        if not matched:
+            leaves = sorted({n.split(".")[-1] for n, _ in model.named_modules() if n})[:12]
+            raise PeftGpt2Error(
+                f"{method}.target_modules {targets} match no module of {model.config.model_type}; leaf names "
+                f"include {leaves}; or set {method}.target_modules: null for PEFT's default"
+            )
+        conv1d = {isinstance(m, Conv1D) for m in matched}
+        if len(conv1d) > 1:
+            raise PeftGpt2Error(f"{method}.target_modules {targets} mix Conv1D and Linear layers; target one kind")
+        options.update(target_modules=targets, fan_in_fan_out=conv1d.pop())
+        if method == "ia3" and options.get("feedforward_modules") is None:  # PEFT's, among these targets
+            from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+
+            options["feedforward_modules"] = [t for t in FEEDFORWARD.get(model.config.model_type, []) if t in targets]
+    init = options.get("init_lora_weights")
+    for name, why in INITS_REFUSED.items() if method == "lora" and isinstance(init, str) else ():
+        if init.startswith(name):
+            raise PeftGpt2Error(f"lora.init_lora_weights {init!r} is not supported: it {why}")
+    try:
+        return config_class(method)(**options, task_type="CAUSAL_LM")
+    except (ValueError, TypeError) as err:
+        raise PeftGpt2Error(f"recipe section {method}: {CONFIGS[method]} refused a value: {err}") from None
 
 
 def peft_type(path: str | Path) -> str | None:

@@ -19,6 +19,7 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.methods import adapter_config
 from peft_gpt2.recipe import OUR_TRAIN_KEYS, Recipe
 
 if TYPE_CHECKING:
@@ -27,34 +28,9 @@ if TYPE_CHECKING:
     from trl import SFTConfig
 
 
-def default_targets(model: PreTrainedModel) -> list[str]:
-    """PEFT's per-architecture LoRA targets (GPT-2: ``c_attn``; Llama: ``q_proj``, ``v_proj``)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
-
-    model_type = model.config.model_type
-    if model_type not in TARGETS:
-        raise PeftGpt2Error(f"no default LoRA targets for model type {model_type!r}: set lora.target_modules")
-    return list(TARGETS[model_type])
-
-
 def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
-    """``LoraConfig(**recipe.lora)``, with PEFT's default targets and ``fan_in_fan_out`` set for GPT-2's Conv1D."""
-    from peft import LoraConfig
-    from transformers.pytorch_utils import Conv1D
-
-    targets = recipe.lora["target_modules"] or default_targets(model)
-    targets = [targets] if isinstance(targets, str) else targets
-    matched = [m for name, m in model.named_modules() if name.split(".")[-1] in targets]
-    if not matched:
-        raise PeftGpt2Error(
-            f"lora.target_modules {targets} match no module of {model.config.model_type}; leaf names include "
-            f"{sorted({n.split('.')[-1] for n, _ in model.named_modules() if n})[:12]}"
-        )
-    conv1d = {isinstance(m, Conv1D) for m in matched}
-    if len(conv1d) > 1:
-        raise PeftGpt2Error(f"lora.target_modules {targets} mix Conv1D and Linear layers; target one kind")
-    options = {**recipe.lora, "target_modules": targets}
-    return _library_config("lora", LoraConfig, **options, fan_in_fan_out=conv1d.pop(), task_type="CAUSAL_LM")
+    """``LoraConfig(**recipe.lora)`` for ``model`` (see ``methods.adapter_config``)."""
+    return adapter_config("lora", recipe.lora, model)
 
 
 def resolve_precision(precision: str) -> str:

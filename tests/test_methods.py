@@ -16,7 +16,7 @@ from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.merge import merge_adapter
-from peft_gpt2.methods import drop_routing_hooks
+from peft_gpt2.methods import adapter_config, drop_routing_hooks
 
 FAST = GenerationSettings(max_new_tokens=5, stop=["###"])
 CONFIGS = {
@@ -115,3 +115,49 @@ def test_a_failed_mixed_batch_leaves_no_routing_behind(tmp_path, tiny):
     handle.remove()
     assert one_by_one(m, rows) == expected  # calls without adapter_names: stale hooks would inject the old rows
     assert m.generate(PROMPTS, adapters=rows, settings=FAST) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "trainable"),
+    [
+        ("lora", {"r": 4, "use_dora": True}, None),
+        ("lora", {"r": 4, "use_rslora": True, "init_lora_weights": "pissa"}, None),
+        ("ia3", {}, None),
+        ("vera", {"r": 4}, None),
+        ("prefix_tuning", {"num_virtual_tokens": 4}, None),
+        ("prompt_tuning", {"num_virtual_tokens": 4}, None),
+    ],
+)
+def test_every_method_builds_for_gpt2_conv1d(tiny, method, options, trainable):
+    model, _ = tiny
+    config = adapter_config(method, options, model)
+    if method in ("lora", "ia3", "vera"):
+        assert config.fan_in_fan_out is True  # GPT-2's Conv1D stores weights transposed
+    peft_model = get_peft_model(model, config)
+    ours = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert ours == peft_model.get_nb_trainable_parameters()[0] > 0
+
+
+def test_ia3_feedforward_modules_follow_the_targets(tiny):
+    model, _ = tiny
+    assert adapter_config("ia3", {}, model).feedforward_modules == {"mlp.c_proj"}
+    assert adapter_config("ia3", {"target_modules": ["c_attn"]}, model).feedforward_modules == set()
+
+
+@pytest.mark.parametrize("init", ["olora", "eva", "corda", "loftq"])
+def test_lora_initialisations_peft_cannot_apply_here_are_refused(tiny, init):
+    with pytest.raises(PeftGpt2Error, match=f"lora.init_lora_weights '{init}' is not supported: it"):
+        adapter_config("lora", {"init_lora_weights": init}, tiny[0])
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("vera", {"layers_pattern": "h"}, "VeraConfig refused a value: When `layers_pattern`"),
+        ("ia3", {"target_modules": ["c_attn"], "feedforward_modules": ["mlp.c_proj"]}, "should be a subset"),
+        ("lora", {"use_dora": True, "lora_bias": True}, "not supported for DoRA"),
+    ],
+)
+def test_a_value_peft_refuses_names_the_section(tiny, method, options, message):
+    with pytest.raises(PeftGpt2Error, match=f"recipe section {method}: .*{message}"):
+        adapter_config(method, options, tiny[0])
