@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PRESETS = ("tiny-gpt2", "smollm2-135m")
+QUANTIZATIONS = ("8bit", "4bit")  # bitsandbytes: LLM.int8, and NF4 with double quantization (QLoRA)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # The tiny preset: GPT-2's architecture (Conv1D layers, tied lm_head, 1024 positions, no pad token)
@@ -173,6 +174,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def load_base(
     name: str,
     *,
+    quantization: str | None = None,
+    compute_dtype: str | None = None,
     load_in_8bit: bool = False,
     dtype: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -182,8 +185,12 @@ def load_base(
         name (`str`):
             A hub id (``gpt2``, ``gpt2-medium``), a local model folder, a ``.gguf`` file, or a preset
             (``tiny-gpt2``, ``smollm2-135m``).
-        load_in_8bit (`bool`, *optional*, defaults to `False`):
-            Quantize linear layers to 8 bits with bitsandbytes (the memory saver for LoRA on a GPU).
+        quantization (`str`, *optional*):
+            ``"8bit"`` (LLM.int8) or ``"4bit"`` (QLoRA's NF4 with double quantization): quantize the linear
+            layers with bitsandbytes, the memory saver for adapters on a GPU (both also run on CPU, slowly).
+        compute_dtype (`str`, *optional*):
+            4-bit only: the dtype its matmuls run in (``bfloat16``, ``float16``; default ``float32``).
+        load_in_8bit (`bool`, *optional*, defaults to `False`): the same as ``quantization="8bit"``.
         dtype (`str`, *optional*):
             ``float32``, ``bfloat16`` or ``float16``; defaults to float32 weights (mixed precision is
             the trainer's autocast, not the stored weights).
@@ -193,12 +200,9 @@ def load_base(
 
     source = resolve_model(name)
     kwargs: dict = {"dtype": getattr(torch, dtype) if dtype else torch.float32}
-    if load_in_8bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise PeftGpt2Error("method lora-8bit needs bitsandbytes: pip install 'peft-gpt2[8bit]'")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    quantization = "8bit" if load_in_8bit else quantization
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization_config(quantization, compute_dtype)
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": 0}
     tokenizer = load_tokenizer(name)
@@ -210,6 +214,26 @@ def load_base(
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def quantization_config(quantization: str, compute_dtype: str | None = None):
+    """bitsandbytes' config for an ``"8bit"`` or ``"4bit"`` (NF4, double quantization) base."""
+    import torch
+
+    if quantization not in QUANTIZATIONS:
+        raise PeftGpt2Error(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PeftGpt2Error(f"a {quantization} base needs bitsandbytes: pip install 'peft-gpt2[8bit]'")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype or "float32"),
+    )
 
 
 def max_positions(config) -> int | None:

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.models import config_fingerprint, load_base, load_tokenizer, resolve_model
@@ -87,3 +88,29 @@ def test_smollm2_preset_dequantizes_once_into_a_llama_folder():
     model, tokenizer = load_base("smollm2-135m")
     assert model.config.model_type == "llama" and model.num_parameters() == 134_515_008
     assert tokenizer.pad_token is not None
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_bases_run_here(quantization):
+    """bitsandbytes quantizes GPT-2's Conv1D layers (transposed into Linear) and runs them on CPU too; the 4-bit
+    base is QLoRA's: NF4 with double quantization, matmuls in the compute dtype."""
+    import bitsandbytes as bnb
+
+    model, tokenizer = load_base("tiny-gpt2", quantization=quantization, compute_dtype="bfloat16")
+    layer = model.transformer.h[0].attn.c_attn
+    if quantization == "4bit":
+        assert isinstance(layer, bnb.nn.Linear4bit) and layer.compute_dtype == torch.bfloat16
+        assert layer.weight.quant_state.nested and layer.weight.quant_type == "nf4"
+    else:
+        assert isinstance(layer, bnb.nn.Linear8bitLt)
+    full, _ = load_base("tiny-gpt2")
+    batch = tokenizer(["The quick brown fox"], return_tensors="pt")
+    with torch.inference_mode():
+        got, expected = model(**batch).logits.float(), full(**batch).logits
+    similarity = torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0)
+    assert got.isfinite().all() and similarity > 0.9  # quantized, but the same model
+
+
+def test_unknown_quantization_is_refused():
+    with pytest.raises(PeftGpt2Error, match="quantization must be one of"):
+        load_base("tiny-gpt2", quantization="3bit")
