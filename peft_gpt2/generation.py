@@ -11,7 +11,6 @@ stop string such as ``"### "``: the next template section, which a fine-tuned mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from peft_gpt2.errors import PeftGpt2Error
@@ -19,6 +18,18 @@ from peft_gpt2.models import max_positions
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+MAX_SEED = 2**64 - 1  # torch.manual_seed takes 64 bits; it wraps a negative seed, so -1 would be 2**64 - 1 too
+
+
+def is_text(text: str) -> bool:
+    """Whether ``text`` is Unicode a tokenizer can take: a lone surrogate (JSON's ``"\\ud800"``) is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -38,7 +49,7 @@ class GenerationSettings:
             (< 1 favours shorter answers; the paper: 0.8). Beam search only.
         no_repeat_ngram_size (`int`, defaults to 0): > 0 forbids repeating any n-gram of that size (the paper: 4).
         batch_size (`int`, defaults to 64): Prompts per ``generate`` call (bigger batches pay off, on CPU too).
-        seed (`int`, *optional*): Seeds torch before sampling, for repeatable samples.
+        seed (`int`, *optional*): Seeds torch before sampling, for repeatable samples; 0 to ``MAX_SEED``.
     """
 
     max_new_tokens: int = 128
@@ -65,14 +76,14 @@ class GenerationSettings:
             "num_beams": (self.num_beams >= 1 and not (self.num_beams > 1 and self.do_sample), ">= 1, 1 when sampling"),
             "no_repeat_ngram_size": (self.no_repeat_ngram_size >= 0, ">= 0 (0 turns it off)"),
             "stop": (
-                isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
-                "a list of non-empty strings",
+                isinstance(self.stop, list) and all(isinstance(s, str) and s and is_text(s) for s in self.stop),
+                "a list of non-empty strings (no lone surrogates)",
             ),
+            "seed": (self.seed is None or 0 <= self.seed <= MAX_SEED, f"None or 0 to {MAX_SEED} (torch's range)"),
         }
         for name, (ok, rule) in rules.items():
             if not ok:
                 raise PeftGpt2Error(f"generation setting {name}={getattr(self, name)!r} must be {rule}")
-
 
     def generation_config(self, eos_token_id: int | list[int], pad_token_id: int) -> GenerationConfig:
         """transformers' ``GenerationConfig`` for these settings (sampling filters only when sampling)."""
@@ -142,13 +153,32 @@ class Completion:
         return self.text
 
 
-@lru_cache(maxsize=8)
-def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...], vocab_size: int):
-    """``StopStringCriteria``, built once per tokenizer: it scans the whole vocabulary (~1 s for GPT-2),
-    and ``generate(stop_strings=)`` caches it by ``get_vocab()`` order, which fast tokenizers shuffle."""
-    from transformers import StopStringCriteria
+class StopText:
+    """Stops a row once its generated text holds a stop string; a stopping criterion for ``model.generate``.
 
-    return StopStringCriteria(tokenizer, list(stop))
+    transformers' ``StopStringCriteria`` scans the whole vocabulary for each new stop list (3 s for 4 strings of
+    64 characters with GPT-2's), which stalled every request batched with a client's own list. This one costs
+    nothing to build: each step it decodes the newest tokens of each row and looks for the strings. A match new at
+    this step ends in the newest token and spans at most as many tokens as the string has UTF-8 bytes (a token is
+    at least one byte); one more token keeps the match off the window's first token, which some decoders treat
+    apart (SentencePiece drops its leading space). Rows are matched after ``width`` (the padded prompt), never in
+    the prompt; a row whose newest token is eos has ended anyway.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str], width: int, eos_ids: set[int]) -> None:
+        self.tokenizer, self.stop, self.width, self.eos_ids = tokenizer, stop, width, eos_ids
+        self.window = max(len(s.encode("utf-8")) for s in stop) + 1
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        rows = input_ids[:, self.width :].tolist()
+        tails = self.tokenizer.batch_decode([r[-self.window :] for r in rows], skip_special_tokens=True)
+        done = [
+            bool(r) and (r[-1] in self.eos_ids or any(s in t for s in self.stop))
+            for r, t in zip(rows, tails, strict=True)
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
@@ -192,7 +222,6 @@ def generate(
     eos_ids = set(eos) if isinstance(eos, list) else {eos}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
     config = settings.generation_config(eos, pad_id)
-    stop_criteria = _stop_criteria(tokenizer, tuple(settings.stop), len(tokenizer)) if settings.stop else None
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
 
@@ -211,7 +240,7 @@ def generate(
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
             names = [adapter_names[i] for i in idx] if adapter_names is not None else None
-            rows = _generate_batch(model, tokenizer, [prompts[i] for i in idx], config, stop_criteria, names)
+            rows = _generate_batch(model, tokenizer, [prompts[i] for i in idx], config, settings.stop, eos_ids, names)
             for i, row in zip(idx, rows, strict=True):
                 results[i] = _completion(row, eos_ids, tokenizer, settings)
     finally:
@@ -219,7 +248,7 @@ def generate(
     return results
 
 
-def _generate_batch(model, tokenizer, prompts: list[str], config, stop_criteria, adapter_names) -> list[list[int]]:
+def _generate_batch(model, tokenizer, prompts: list[str], config, stop, eos_ids, adapter_names) -> list[list[int]]:
     """One left-padded ``model.generate`` call; the generated token ids of each row."""
     import torch
     from transformers import StoppingCriteriaList
@@ -227,11 +256,9 @@ def _generate_batch(model, tokenizer, prompts: list[str], config, stop_criteria,
     batch = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(model.device)
     width = batch["input_ids"].shape[1]
     extra: dict = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    if stop_criteria is not None:  # match in the generated part only; transformers would also
-        # match a stop string begun in the prompt ("...###" + " foo" for "### "), ending at once
-        extra["stopping_criteria"] = StoppingCriteriaList(
-            [lambda ids, scores, w=width, **_: stop_criteria(ids[:, w:], scores)]
-        )
+    if stop:  # matched in the generated part only: a stop string begun in the prompt ("...###" + " foo" for
+        # "### ") does not end the row, as transformers' own stop_strings would
+        extra["stopping_criteria"] = StoppingCriteriaList([StopText(tokenizer, stop, width, eos_ids)])
     with torch.inference_mode():
         out = model.generate(**batch, generation_config=config, **extra)
     return out[:, width:].tolist()
