@@ -39,7 +39,9 @@ class ApiError(Exception):
         return self.message
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        """The JSON body; a lone surrogate quoted from a request is escaped, or the answer could not be encoded."""
+        message = self.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return {"error": {"message": message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 def shutting_down() -> ApiError:
@@ -144,12 +146,20 @@ class Engine:
         try:
             with self.set.lock:  # the tokenizer is not safe to share across threads either
                 self._generate([j for j in live if self._fits(j)])
-        except Exception as err:  # keep the worker alive and no request waiting
+        except BaseException as err:  # keep the worker alive and no request waiting (a Rust panic, pyo3's
+            # PanicException, is no Exception; it would end the worker and leave every later request waiting)
+            err = err if isinstance(err, Exception) else RuntimeError(f"{type(err).__name__}: {err}")
             for job in (j for j in live if not j.future.done()):
                 job.future.set_exception(err)
 
     def _fits(self, job: Job) -> bool:
-        lengths = [len(ids) for ids in self.set.tokenizer(job.prompts)["input_ids"]]
+        """Whether ``job``'s prompts fit its limit; if not, or if the tokenizer refuses them, fail it alone."""
+        try:
+            lengths = [len(ids) for ids in self.set.tokenizer(job.prompts)["input_ids"]]
+        except Exception as err:  # its text, not the batch, is at fault: its batch-mates still run
+            message = f"the tokenizer cannot take this prompt: {type(err).__name__}: {err}"
+            job.future.set_exception(ApiError(400, message, param="prompt"))
+            return False
         job.prompt_tokens = sum(lengths)
         if min(lengths) == 0:
             job.future.set_exception(ApiError(400, "empty prompt", param="prompt"))

@@ -13,9 +13,22 @@ texts are stripped and cut before the first stop string. ``finish_reason`` is "l
 before eos or a stop string, and ``completion_tokens`` counts the tokens generated (both from ``generation``).
 
 Errors come in OpenAI's shape: 422 for a body that is not JSON, lacks a field or has one of the wrong type
-(FastAPI's validation), 400 for a value out of range or unsupported (``n=2``, ``temperature=3``), as OpenAI answers.
+(FastAPI's validation; types are strict: ``true`` or ``"3"`` is not a number, ``3.0`` not an integer), 400 for a
+value out of range or unsupported (``n=2``, ``temperature=3``), as OpenAI answers. A 5xx means a bug, never the
+client's input. Every dimension a client controls is bounded before it reaches the model:
+
+- the body: ``max_body_bytes`` (413), chunked bodies too; requests waiting or running: ``max_queue`` (429);
+- ``prompt``: 1 to ``max_batch`` strings, each at most ``max_prompt_tokens`` tokens and not empty (400);
+- ``max_tokens``: 1 to ``max_new_tokens_limit``; ``temperature`` 0 to 2 and ``top_p`` 0 to 1, finite (NaN and
+  Infinity, which Python's JSON parser accepts, are 400); ``seed`` 0 to 2**64 - 1, torch's range (torch wraps a
+  negative seed, so -1 would name the same seed as 2**64 - 1);
+- ``stop``: at most 4 strings (as OpenAI) of 1 to 64 characters: generation decodes each row's newest tokens, as
+  many as the longest string has UTF-8 bytes, per step (``generation.StopText``);
+- text (``model``, ``prompt``, ``stop``) must be Unicode a tokenizer takes: a lone surrogate is 400; a prompt the
+  tokenizer still refuses fails its own request (400), never the others batched with it.
+
 Requests are batched by ``batching.Engine``, in ``mode="batch"`` into mixed-adapter ``AdapterSet.generate`` calls;
-``mode="lock"`` runs each alone. At most ``max_queue`` requests wait or run at once; more get 429.
+``mode="lock"`` runs each alone.
 """
 
 from __future__ import annotations
@@ -40,65 +53,13 @@ try:
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, Field, ValidationInfo, field_validator
-    from pydantic_core import PydanticCustomError
     from starlette.exceptions import HTTPException
+
+    from peft_gpt2.api_requests import VALUE_ERRORS, CompletionRequest  # pydantic, which comes with FastAPI
 except ImportError as err:  # the CLI prints this instead of a traceback
     raise PeftGpt2Error(f"serving needs FastAPI and uvicorn: pip install 'peft-gpt2[serve]' ({err})") from None
 
-UNSUPPORTED = ("n", "best_of", "echo", "stream", "logprobs", "suffix", "presence_penalty", "frequency_penalty")
 LOAD_KWARGS = ("template", "force", "allow_pickle", "dtype", "load_in_8bit")
-# Pydantic error types of a well-typed value out of range (ge=, le=, min_length=) or refused by a validator below:
-# answered 400, as OpenAI does. Other validation errors (not JSON, a missing field, a wrong type) stay FastAPI's 422.
-VALUE_ERRORS = {"greater_than_equal", "less_than_equal", "string_too_short", "invalid_value"}
-
-
-class CompletionRequest(BaseModel):
-    """OpenAI's ``/v1/completions`` body. Fields in ``UNSUPPORTED`` may only hold their defaults (or null); null
-    elsewhere means the default. Limits set by the server (largest ``max_tokens``, prompts per request) are its own."""
-
-    model: str
-    prompt: list[str]  # or one string
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, ge=0, le=1)
-    stop: list[Annotated[str, Field(min_length=1)]] = []  # or one string, or null
-    seed: int | None = None
-    template: bool = False
-    n: int | None = 1
-    best_of: int | None = 1
-    echo: bool | None = False
-    stream: bool | None = False
-    logprobs: int | None = None
-    suffix: str | None = None
-    presence_penalty: float | None = 0.0
-    frequency_penalty: float | None = 0.0
-
-    @field_validator("max_tokens", "temperature", "top_p", mode="before")
-    @classmethod
-    def _null_means_default(cls, value, info: ValidationInfo):
-        return cls.model_fields[info.field_name].default if value is None else value
-
-    @field_validator(*UNSUPPORTED)
-    @classmethod
-    def _default_only(cls, value, info: ValidationInfo):
-        if value is not None and value != cls.model_fields[info.field_name].default:
-            hint = " (one completion per prompt only)" if info.field_name in ("n", "best_of") else ""
-            context = {"value": repr(value), "hint": hint}
-            raise PydanticCustomError("invalid_value", "{value} is not supported{hint}", context)
-        return value
-
-    @field_validator("top_p")
-    @classmethod
-    def _top_p_samples(cls, value: float, info: ValidationInfo) -> float:
-        if value == 0 and info.data.get("temperature", 0) > 0:
-            raise PydanticCustomError("invalid_value", "must be > 0 when sampling (temperature > 0)")
-        return value
-
-    @field_validator("prompt", "stop", mode="before")
-    @classmethod
-    def _one_or_many(cls, value, info: ValidationInfo):
-        return [value] if isinstance(value, str) else [] if value is None and info.field_name == "stop" else value
 
 
 @dataclass
@@ -227,6 +188,11 @@ async def _invalid(request: Request, err: RequestValidationError) -> JSONRespons
     return _respond(ApiError(400 if values else 422, message, param=where[0] if where else None))
 
 
+async def _bug(request: Request, err: Exception) -> JSONResponse:
+    """Anything else is a bug, answered in OpenAI's shape all the same (Starlette still logs its traceback)."""
+    return _respond(ApiError(500, f"internal error: {type(err).__name__}", kind="server_error"))
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
@@ -272,6 +238,7 @@ def create_app(
     app.add_exception_handler(ApiError, _error)
     app.add_exception_handler(HTTPException, _error)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _bug)
     app.include_router(router)
     return app
 

@@ -241,6 +241,9 @@ def test_empty_prompt_list(positional):
         ("repetition_penalty", 0.0, {}),
         ("stop", [""], {}),
         ("stop", "### ", {}),
+        ("stop", ["lone \ud800"], {}),  # no tokenizer takes it
+        ("seed", -1, {}),  # torch would wrap it to 2**64 - 1
+        ("seed", 2**64, {}),  # past torch's range: was a ValueError from torch.manual_seed
     ],
 )
 def test_settings_validation_names_the_field(field, value, extra):

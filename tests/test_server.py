@@ -311,3 +311,107 @@ def test_a_chunked_body_without_length_is_bounded_too(http):
     headers = {"Content-Type": "application/json"}
     reply = http.post("/v1/completions", content=iter([small[:10], small[10:]]), headers=headers)
     assert reply.status_code == 200, reply.text
+
+
+def raw_body(**fields: str) -> bytes:
+    """A body from JSON texts per field, sent as-is: NaN, Infinity and lone-surrogate escapes (which ``json=``
+    would refuse or re-escape) reach the server."""
+    fields = {"model": '"A"', "prompt": json.dumps(PROMPTS[2]), "max_tokens": "2", "temperature": "1", **fields}
+    return ("{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}").encode()
+
+
+def post_raw(http: httpx.Client, content: bytes) -> httpx.Response:
+    return http.post("/v1/completions", content=content, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "status"),
+    [
+        ("seed", str(2**70), 400),  # past torch's 64 bits: was a 500
+        ("seed", str(2**64), 400),
+        ("seed", "-1", 400),  # torch wraps it to 2**64 - 1: one seed, two names
+        ("seed", "1.5", 422),
+        ("temperature", "NaN", 400),
+        ("temperature", "Infinity", 400),
+        ("temperature", "true", 422),  # a boolean is not a number (was read as 1)
+        ("top_p", "NaN", 400),
+        ("max_tokens", str(2**70), 400),
+        ("max_tokens", str(-(2**70)), 400),
+        ("max_tokens", "1e300", 422),
+        ("max_tokens", "true", 422),
+        ("max_tokens", '"3"', 422),
+        ("n", "true", 422),
+        ("n", str(2**70), 400),
+        ("best_of", "-1", 400),
+        ("logprobs", str(2**70), 400),
+        ("logprobs", "-1", 400),
+        ("presence_penalty", "NaN", 400),
+        ("template", '"yes"', 422),
+        ("stop", json.dumps(list("abcde")), 400),  # at most 4, as OpenAI
+        ("stop", json.dumps(["x" * 65]), 400),  # at most 64 characters each
+        ("stop", '"\\ud800"', 400),  # a lone surrogate is not text
+        ("prompt", '"\\ud800"', 400),  # was a 500 for it and for every request batched with it
+        ("prompt", '["fine", "lone \\udfff"]', 400),
+        ("model", '"\\udc00"', 400),
+        ("suffix", '"\\ud800"', 400),
+    ],
+)
+def test_extreme_values_are_4xx_naming_the_field(http, field, value, status):
+    error = error_of(post_raw(http, raw_body(**{field: value})), status)
+    assert error["param"] == field or error["param"].startswith(f"{field}."), error
+    assert http.post("/v1/completions", json=body()).status_code == 200  # the server is unharmed
+
+
+def test_the_largest_values_accepted_work(http):
+    """The bounds are where the server's limits are: the largest seed and a full stop list are answered."""
+    fields = dict(seed=str(2**64 - 1), stop=json.dumps(["x" * 64, "y" * 64, "é" * 64, "😀" * 64]), max_tokens="3")
+    reply = post_raw(http, raw_body(**fields))
+    assert reply.status_code == 200, reply.text
+
+
+def test_a_prompt_the_tokenizer_cannot_take_fails_alone(adapter_set, expected):
+    """Past validation (a caller of the engine, or text validation misses): its batch-mates get their answers."""
+    from peft_gpt2.batching import ApiError, Engine, Job
+
+    engine = Engine(adapter_set, "lock", 16, 0, 8)  # lock mode: no worker thread; run() is called here
+    jobs = [Job([p], "A", GREEDY, ("k",), 1000) for p in (PROMPTS[0], "lone \ud800", PROMPTS[1])]
+    engine.run(jobs)
+    assert [c.text for c in jobs[0].future.result(0)] == [expected["A", PROMPTS[0]].text]
+    assert [c.text for c in jobs[2].future.result(0)] == [expected["A", PROMPTS[1]].text]
+    error = jobs[1].future.exception(0)
+    assert isinstance(error, ApiError) and (error.status, error.param) == (400, "prompt")
+    engine.close()
+
+
+def test_a_panic_in_generate_fails_its_batch_with_500_and_the_worker_lives_on(adapter_set, monkeypatch):
+    """A Rust panic (pyo3's PanicException) is no ``Exception``: it ended the worker, and every later request
+    waited forever. Any other bug answers 500 in OpenAI's shape too."""
+
+    class Panic(BaseException):
+        pass
+
+    generate = adapter_set.generate
+
+    def panicking(prompts, **kwargs):
+        if "PANIC" in prompts:
+            raise Panic("tokenizer panicked")
+        return generate(prompts, **kwargs)
+
+    monkeypatch.setattr(adapter_set, "generate", panicking)
+    app = create_app(adapter_set)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+        assert (
+            "Panic: tokenizer panicked"
+            in error_of(http.post("/v1/completions", json=body(prompt="PANIC")), 500)["message"]
+        )
+        assert http.post("/v1/completions", json=body()).status_code == 200
+        monkeypatch.setattr(app.state.completions, "answer", lambda body: 1 / 0)  # a bug outside the engine
+        error = error_of(http.post("/v1/completions", json=body()), 500)
+        assert error["type"] == "server_error" and "ZeroDivisionError" in error["message"]
+
+
+def test_an_error_quoting_a_lone_surrogate_can_still_be_sent():
+    from peft_gpt2.batching import ApiError
+
+    message = ApiError(400, "bad 'x\ud800'").body()["error"]["message"]
+    assert json.dumps(message, ensure_ascii=False).encode("utf-8") and "x\\ud800" in message

@@ -1,0 +1,102 @@
+"""The body of ``/v1/completions``, checked field by field before anything is queued (see ``server`` for the limits).
+
+Kept apart from ``server`` so the request's bounds are read in one place. Every value a client sends is bounded
+here or by ``server.Completions.check_limits`` (the server's own settings): a value that reached the model unchecked
+(a seed past 64 bits, a lone surrogate, a long stop list) failed as a 500, or stalled every other request.
+Types are strict, as in OpenAI's API: a boolean, a string or a fraction is not an integer, a boolean not a number.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from peft_gpt2.generation import MAX_SEED
+
+MAX_STOP = 4  # stop strings per request, as OpenAI
+MAX_STOP_CHARS = 64  # per stop string: generation decodes its UTF-8 bytes (+1) newest tokens of each row per step
+UNSUPPORTED = ("n", "best_of", "echo", "stream", "logprobs", "suffix", "presence_penalty", "frequency_penalty")
+# Pydantic error types of a well-typed value out of range (ge=, le=, max_length=, not finite, not text) or refused
+# by a validator below: answered 400, as OpenAI does. Other errors (not JSON, a missing field, a wrong type) are 422.
+VALUE_ERRORS = {
+    "greater_than_equal",
+    "less_than_equal",
+    "string_too_short",
+    "string_too_long",
+    "too_long",
+    "finite_number",
+    "string_unicode",
+    "invalid_value",
+}
+
+
+def _shown(value: object, most: int = 60) -> str:
+    """``repr(value)``, cut short: an error message never echoes a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[: most - 3]}..."
+
+
+def _text(value: object) -> object:
+    """Refuse a lone surrogate (JSON's ``"\\ud800"``, which Python's parser accepts): no tokenizer takes it."""
+    if isinstance(value, str):
+        at = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+        if at is not None:
+            context = {"at": at, "char": _shown(value[at])}
+            raise PydanticCustomError("invalid_value", "not text: a lone surrogate {char} at character {at}", context)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), BeforeValidator(_text)]
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's ``/v1/completions`` body. Fields in ``UNSUPPORTED`` may only hold their defaults (or null); null
+    elsewhere means the default. Limits set by the server (largest ``max_tokens``, prompts per request) are its own."""
+
+    model_config = ConfigDict(strict=True)
+
+    model: Text
+    prompt: list[Text]  # or one string
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
+    stop: list[Stop] = Field([], max_length=MAX_STOP)  # or one string, or null
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    template: bool = False
+    n: int | None = 1
+    best_of: int | None = 1
+    echo: bool | None = False
+    stream: bool | None = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+
+    @field_validator("max_tokens", "temperature", "top_p", mode="before")
+    @classmethod
+    def _null_means_default(cls, value, info: ValidationInfo):
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _default_only(cls, value, info: ValidationInfo):
+        if value is not None and value != cls.model_fields[info.field_name].default:
+            hint = " (one completion per prompt only)" if info.field_name in ("n", "best_of") else ""
+            context = {"value": _shown(value), "hint": hint}
+            raise PydanticCustomError("invalid_value", "{value} is not supported{hint}", context)
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p_samples(cls, value: float, info: ValidationInfo) -> float:
+        if value == 0 and info.data.get("temperature", 0) > 0:
+            raise PydanticCustomError("invalid_value", "must be > 0 when sampling (temperature > 0)")
+        return value
+
+    @field_validator("prompt", "stop", mode="before")
+    @classmethod
+    def _one_or_many(cls, value, info: ValidationInfo):
+        return [value] if isinstance(value, str) else [] if value is None and info.field_name == "stop" else value
