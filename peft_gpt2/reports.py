@@ -1,4 +1,4 @@
-"""Write the comparison of several evaluated models as Markdown, JSON, CSV and a PNG bar chart.
+"""Write the comparison of several evaluated models as Markdown, JSON, CSV and PNG charts (``charts``).
 
     write_report(rows, Path("reports"), "gpt2-alpaca", meta={"command": "peft-gpt2 compare ...", "date": "2025-01-01"})
 
@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from peft_gpt2 import charts
 from peft_gpt2.run_folder import write_atomic
 from peft_gpt2.uncertainty import CONFIDENCE, RESAMPLES, SEED
 
@@ -47,13 +48,6 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 MISSING = "—"
 NOISE = "≈"  # marks a value whose paired difference from the reference row is within noise
-# Chart panels: (title, y label, metric keys). Perplexity gets its own panel because its scale is not 0..1.
-_PANELS: list[tuple[str, str, list[str]]] = [
-    ("overlap with the expected answer", "score (0–1, higher is better)", ["f1", "exact_match", "bleu", "rouge_l"]),
-    ("perplexity", "perplexity (lower is better)", ["perplexity"]),
-    ("token accuracy", "accuracy (0–1, higher is better)", ["token_accuracy"]),
-]
-_HEADERS = {key: header for key, header, _ in COLUMNS}
 
 
 def format_value(value: Any, spec: str) -> str:
@@ -199,103 +193,8 @@ def _csv(rows: list[dict]) -> str:
     return f.getvalue()
 
 
-def _num(row: dict, key: str) -> float | None:
-    value = row.get(key)
-    return float(value) if isinstance(value, numbers.Real) and math.isfinite(value) else None
-
-
-def _top(row: dict, key: str) -> float:
-    """The highest point a bar and its error bar reach (0 when missing)."""
-    return max(_num(row, key) or 0.0, _num(row, f"{key}_hi") or 0.0)
-
-
-def _extent(row: dict, key: str) -> tuple[float, float]:
-    """How far the interval reaches below and above the value (0, 0 without one; never negative)."""
-    value = _num(row, key)
-    if value is None:
-        return 0.0, 0.0
-    lo, hi = _num(row, f"{key}_lo"), _num(row, f"{key}_hi")
-    return max(value - (value if lo is None else lo), 0.0), max((value if hi is None else hi) - value, 0.0)
-
-
-def _bars(ax, row: dict, keys: list[str], offset: float, width: float, colour, *, rotate: bool) -> None:
-    """One model's bars in a panel, each with its interval as an error bar and its value above that."""
-    values = [_num(row, k) for k in keys]
-    below, above = zip(*(_extent(row, k) for k in keys), strict=True)
-    xs = [j + offset for j in range(len(keys))]
-    heights = [v or 0.0 for v in values]
-    bars = any(_num(row, f"{k}_lo") is not None for k in keys)  # no interval: no error bar, not a flat one
-    ax.bar(xs, heights, width, color=colour, yerr=[below, above] if bars else None, capsize=2, error_kw={"lw": 0.8})
-    for x, value, height, up, key in zip(xs, values, heights, above, keys, strict=True):
-        label = "n/a" if value is None else format(value, ".2f" if key == "perplexity" else ".3f")
-        ax.annotate(
-            label,
-            (x, height + up),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=7,
-            rotation=90 if rotate else 0,
-        )
-
-
-def _chart(rows: list[dict], name: str) -> bytes:
-    """Bar chart: one row of panels per evaluation set, one colour per model, a value label on every bar."""
-    # A bare Figure on an Agg canvas, not pyplot: no GUI, and no change to the backend of the caller's process.
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    panels = [(t, y, [k for k in ks if any(_num(r, k) is not None for r in rows)]) for t, y, ks in _PANELS]
-    panels = [p for p in panels if p[2]]
-    groups = _by_dataset(rows)
-    models = list(dict.fromkeys(str(row.get("model")) for row in rows))
-    colours = {m: colormaps["tab10"](i % 10) for i, m in enumerate(models)}
-    width = 0.8 / max(len(models), 1)
-    offsets = [(i - (len(models) - 1) / 2) * width for i in range(len(models))]
-    if not panels:
-        fig = Figure(figsize=(6, 2))
-        fig.text(0.5, 0.5, "no metrics to plot", ha="center", va="center")
-    else:
-        ratios = [max(len(keys) * len(models) / 3, 1.2) for _, _, keys in panels]
-        fig = Figure(figsize=(max(9.0, 2.2 * sum(ratios)), 3.8 * len(groups) + 1), dpi=120, layout="constrained")
-        axes = fig.subplots(len(groups), len(panels), squeeze=False, gridspec_kw={"width_ratios": ratios})
-        for col, (title, ylabel, keys) in enumerate(panels):
-            shared = max(_top(r, k) for r in rows for k in keys) or 1.0  # same scale for every dataset
-            for ax, (dataset, group) in zip(axes[:, col], groups.items(), strict=True):
-                # perplexity differs by orders of magnitude between data sets: scale it per data set
-                top = (max(_top(r, k) for r in group for k in keys) or 1.0) if keys == ["perplexity"] else shared
-                for model, offset in zip(models, offsets, strict=True):
-                    row = next((r for r in group if str(r.get("model")) == model), {})
-                    _bars(ax, row, keys, offset, width, colours[model], rotate=len(models) > 4)
-                if len(keys) > 1:
-                    ax.set_xticks(range(len(keys)), [_HEADERS[k] for k in keys])
-                else:  # one metric: name each bar by its model, so the panel reads without the legend
-                    ax.set_xticks(offsets, models, rotation=30, ha="right", fontsize=8)
-                ax.set_ylim(0, top * 1.3)
-                ax.set_ylabel(ylabel, fontsize=9)
-                n = sorted({str(r["examples"]) for r in group if r.get("examples") is not None})
-                about = f" (n={', '.join(n)})" if n and col == 0 else ""  # once per data set: narrow panels
-                ax.set_title(title + (f" — {dataset}" if dataset is not None else "") + about, fontsize=10)
-                ax.grid(axis="y", alpha=0.3)
-                ax.set_axisbelow(True)
-        handles = [Rectangle((0, 0), 1, 1, color=colours[m]) for m in models]
-        references = {str(r.get("reference")) for r in rows}
-        names = [f"{m} (ref)" if m in references else m for m in models]
-        fig.legend(handles, names, loc="outside lower center", ncol=min(len(models), 6), frameon=False)
-        bars = any(key.endswith("_lo") for row in rows for key in row)
-        fig.suptitle(
-            f"Model comparison: {name}" + ("\nerror bars: 95% bootstrap intervals over the n items" * bars), fontsize=13
-        )
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    return buf.getvalue()
-
-
 def write_report(rows: list[dict], out_dir: Path, name: str, *, meta: dict | None = None) -> dict[str, Path]:
-    """Write ``<name>.md``, ``.json``, ``.csv`` and ``.png`` into `out_dir`, each atomically.
+    """Write ``<name>.md``, ``.json``, ``.csv`` and ``.png`` (and the trade-off chart) into `out_dir`, atomically.
 
     Args:
         rows (`list[dict]`): one flat dict per evaluated model and evaluation set; missing keys count as ``None``.
@@ -304,20 +203,28 @@ def write_report(rows: list[dict], out_dir: Path, name: str, *, meta: dict | Non
         meta (`dict`, *optional*): provenance (command, date, machine) shown as a list and stored in the JSON.
 
     Returns:
-        `dict[str, Path]`: the written files, keyed ``"md"``, ``"json"``, ``"csv"``, ``"png"``.
+        `dict[str, Path]`: the written files, keyed ``"md"``, ``"json"``, ``"csv"``, ``"png"``, and
+        ``"tradeoff"`` (``<name>-tradeoff.png``, quality against trainable parameters) when the rows' trainable
+        parameter counts differ.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     paths = {ext: out_dir / f"{name}.{ext}" for ext in ("md", "json", "csv", "png")}
+    sizes = {row.get("trainable_parameters") for row in rows} - {None}
+    if len(sizes) > 1:  # methods of different sizes (a sweep): quality against trainable parameters too
+        paths["tradeoff"] = out_dir / f"{name}-tradeoff.png"
     document = {"meta": meta, "rows": [{k: _jsonable(v) for k, v in row.items()} for row in rows]}
     # Render everything before writing anything: an error in any format leaves the previous report untouched.
     contents = {
         "md": _markdown(rows, name, meta).encode(),
         "json": (json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n").encode(),
         "csv": _csv(rows).encode(),
-        "png": _chart(rows, name),
+        "png": charts.bar_chart(_by_dataset(rows), name),
     }
+    if "tradeoff" in paths:  # BLEU is the E2E challenge's headline metric; F1 is SQuAD's
+        metric = "bleu" if any(row.get("nist") is not None for row in rows) else "f1"
+        contents["tradeoff"] = charts.tradeoff_chart(_by_dataset(rows), name, metric)
     for ext, data in contents.items():
         write_atomic(paths[ext], data)
     return paths

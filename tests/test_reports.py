@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from peft_gpt2 import charts
 from peft_gpt2.reports import COLUMNS, OPTIONAL, markdown_table, terminal_table, write_report
 
 METRICS = ("f1", "precision", "recall", "exact_match", "bleu", "rouge_l", "perplexity", "token_accuracy")
@@ -178,7 +179,7 @@ def test_failed_render_leaves_previous_report_untouched(rows, tmp_path, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr("peft_gpt2.reports._chart", boom)
+    monkeypatch.setattr("peft_gpt2.charts.bar_chart", boom)
     with pytest.raises(RuntimeError):
         write_report(rows[:1], tmp_path, "cmp")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -196,3 +197,27 @@ def test_crash_mid_write_keeps_old_file_and_removes_temp(rows, tmp_path, monkeyp
         write_report(rows[:1], tmp_path, "cmp")
     assert (tmp_path / "cmp.md").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.csv", "cmp.json", "cmp.md", "cmp.png"]
+
+
+def test_a_sweep_gets_quality_against_trainable_parameters(tmp_path, monkeypatch):
+    """Runs of different sizes add ``<name>-tradeoff.png``; BLEU on multi-reference (E2E) data, else F1."""
+    sweep = [
+        row("base", "base", trainable_parameters=None, bleu=0.1, nist=1.0),
+        row("ia3", "ia3", trainable_parameters=8_000, bleu=0.4, bleu_lo=0.35, bleu_hi=0.45, nist=5.0),
+        row("lora", "lora", trainable_parameters=300_000, bleu=0.55, bleu_lo=0.5, bleu_hi=0.6, nist=7.0),
+        row("full", "full", trainable_parameters=124_000_000, bleu=0.6, nist=7.5),
+    ]
+    drawn = []
+    original = charts.tradeoff_chart
+
+    def spy(groups, name, metric):
+        drawn.append((metric, [r["model"] for g in groups.values() for r in g]))
+        return original(groups, name, metric)
+
+    monkeypatch.setattr(charts, "tradeoff_chart", spy)
+    paths = write_report(sweep, tmp_path, "sweep")
+    assert paths["tradeoff"] == tmp_path / "sweep-tradeoff.png"
+    assert paths["tradeoff"].read_bytes().startswith(b"\x89PNG") and paths["tradeoff"].stat().st_size > 10_000
+    assert drawn == [("bleu", ["base", "ia3", "lora", "full"])]
+    same_size = [row("a", "lora"), row("b", "lora", f1=0.1)]
+    assert "tradeoff" not in write_report(same_size, tmp_path, "pair")
