@@ -2,8 +2,9 @@
 
     peft-gpt2 compare adapters/alpaca-lora adapters/alpaca-full --data test --data data/sherlock_qa.json
 
-The base is loaded once into an ``AdapterSet`` with every adapter trained on it, and each row is scored inside
-``using(adapter)`` (the base row with adapters disabled), so every row sees the same base weights. Full fine-tunes
+The base is loaded once into an ``AdapterSet`` with every adapter trained on it (once per PEFT method: a model
+holds one), and each row is scored inside ``using(adapter)`` (the base row with adapters disabled), so every row
+sees the same base weights. Full fine-tunes
 are whole models and are loaded one at a time. Every row is scored by ``evaluate_model`` on the same records.
 
 Every metric gets a 95% bootstrap interval over the data set's items, and every row a paired bootstrap test
@@ -14,16 +15,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peft_gpt2.adapter_folder import disk_size_mb, folder_kind
 from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation import evaluate_model, load_eval_records
 from peft_gpt2.generation import GenerationSettings
+from peft_gpt2.methods import peft_type
 from peft_gpt2.run_folder import Provenance, held_out_records, write_atomic
 from peft_gpt2.uncertainty import compare_rows
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TEST_DATA = "test"  # --data value meaning "the held-out split saved with the runs"
 
@@ -153,6 +160,27 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
 
 
+def each_model(runs: list[Run], base_name: str) -> Iterator[tuple[PreTrainedModel, PreTrainedTokenizerBase, Run]]:
+    """Every run's model, ready to score: the bare base first, then adapters swapped into their base (loaded once
+    per base and PEFT method, since a model holds one method), then full-model folders."""
+    from peft_gpt2.models import load_base
+
+    bases = [base_name] + sorted({r.base for r in runs if r.kind == "adapter"} - {base_name})
+    for name in bases:
+        by_method: dict[str | None, list[Run]] = {}
+        for run in (r for r in runs if r.kind == "adapter" and r.base == name):
+            by_method.setdefault(peft_type(run.path), []).append(run)
+        for i, group in enumerate(list(by_method.values()) or [[]]):
+            model, tokenizer = load_base(name)
+            adapter_set = AdapterSet(model, tokenizer, {r.label: r.path for r in group})
+            for run in ([runs[0]] if name == base_name and i == 0 else []) + group:
+                with adapter_set.using(None if run.kind == "base" else run.label):
+                    yield adapter_set.model, tokenizer, run
+            del model, adapter_set
+    for run in (r for r in runs if r.kind == "model"):
+        yield *load_base(str(run.path)), run
+
+
 def compare(
     paths: list[str],
     *,
@@ -178,8 +206,6 @@ def compare(
         reference (`str`, *optional*): the row (a run's name, or ``base``) every other row is tested against;
             defaults to the first run given.
     """
-    from peft_gpt2.models import load_base
-
     base_name, runs = plan_runs(paths, base)
     reference = reference_row(runs, reference)
     sets = eval_sets(runs, data or [TEST_DATA], task, limit)
@@ -203,20 +229,8 @@ def compare(
         return rows
 
     rows = []
-    bases = [base_name] + sorted({r.base for r in runs if r.kind == "adapter"} - {base_name})
-    for name in bases:  # one load per base; its adapters are swapped in, the primary base also scores bare
-        model, tokenizer = load_base(name)
-        adapters = [r for r in runs if r.kind == "adapter" and r.base == name]
-        adapter_set = AdapterSet(model, tokenizer, {r.label: r.path for r in adapters})
-        for run in ([runs[0]] if name == base_name else []) + adapters:
-            with adapter_set.using(None if run.kind == "base" else run.label):
-                rows += score(adapter_set.model, tokenizer, run)
-        del model, adapter_set
-    for run in runs:
-        if run.kind == "model":
-            full, full_tokenizer = load_base(str(run.path))
-            rows += score(full, full_tokenizer, run)
-            del full
+    for model, tokenizer, run in each_model(runs, base_name):
+        rows += score(model, tokenizer, run)
     order = {r.label: i for i, r in enumerate(runs)}
     set_order = {name: i for i, (name, _, _) in enumerate(sets)}
     rows.sort(key=lambda row: (set_order[row["dataset"]], order[row["model"]]))

@@ -7,12 +7,16 @@ adapter; a model holds one PEFT method at a time; and prompt-learning adapters h
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, VeraConfig, get_peft_model
 
 from peft_gpt2 import models
 from peft_gpt2.adapter_set import AdapterSet
+from peft_gpt2.compare import compare
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.merge import merge_adapter
@@ -161,3 +165,22 @@ def test_lora_initialisations_peft_cannot_apply_here_are_refused(tiny, init):
 def test_a_value_peft_refuses_names_the_section(tiny, method, options, message):
     with pytest.raises(PeftGpt2Error, match=f"recipe section {method}: .*{message}"):
         adapter_config(method, options, tiny[0])
+
+
+def test_compare_scores_adapters_of_different_methods_each_on_its_own_load(tmp_path, monkeypatch):
+    """A model holds one PEFT method, so compare loads the base once per method; each row equals its solo run."""
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([{"question": q, "answer": "red"} for q in PROMPTS]))
+    paths = [make_adapter(tmp_path, "lora", 1), make_adapter(tmp_path, "ia3", 2), make_adapter(tmp_path, "vera", 3)]
+    loads = []
+    real = models.load_base
+    monkeypatch.setattr(models, "load_base", lambda name, **k: loads.append(name) or real(name, **k))
+    kwargs = dict(data=[str(data)], base="tiny-gpt2", settings=FAST)
+    together = {row["model"]: row for row in compare(paths, **kwargs)}
+    assert loads == ["tiny-gpt2"] * 3 and len(together) == 4  # base + three adapters
+    for path in paths[1:]:
+        alone = {row["model"]: row for row in compare([path], **kwargs)}
+        name = Path(path).name
+        assert together[name]["perplexity"] == alone[name]["perplexity"]
+        assert together[name]["f1"] == alone[name]["f1"]
+    assert len({row["perplexity"] for row in together.values()}) == 4  # every adapter matters
