@@ -10,6 +10,7 @@ stop string such as ``"### "``: the next template section, which a fine-tuned mo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
+MIN_TEMPERATURE = (
+    1e-5  # lower, logits / temperature can overflow float32 into NaN probabilities; greedy in all but name
+)
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes 64 bits; it wraps a negative seed, so -1 would be 2**64 - 1 too
 
 
@@ -69,7 +73,10 @@ class GenerationSettings:
         rules = {
             "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
-            "temperature": (self.temperature > 0 or not self.do_sample, "> 0 when do_sample"),
+            "temperature": (
+                not self.do_sample or MIN_TEMPERATURE <= self.temperature < math.inf,
+                f"finite and >= {MIN_TEMPERATURE} when do_sample (use greedy below)",
+            ),
             "top_k": (self.top_k >= 0, ">= 0 (0 turns it off)"),
             "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
             "repetition_penalty": (self.repetition_penalty > 0, "> 0 (1 turns it off)"),

@@ -20,8 +20,9 @@ client's input. Every dimension a client controls is bounded before it reaches t
 - the body: ``max_body_bytes`` (413), chunked bodies too; requests waiting or running: ``max_queue`` (429);
 - ``prompt``: 1 to ``max_batch`` strings, each at most ``max_prompt_tokens`` tokens and not empty (400);
 - ``max_tokens``: 1 to ``max_new_tokens_limit``; ``temperature`` 0 to 2 and ``top_p`` 0 to 1, finite (NaN and
-  Infinity, which Python's JSON parser accepts, are 400); ``seed`` 0 to 2**64 - 1, torch's range (torch wraps a
-  negative seed, so -1 would name the same seed as 2**64 - 1);
+  Infinity, which Python's JSON parser accepts, are 400); a temperature under 1e-5 is greedy, as in vLLM (sampling
+  there overflows into NaN); ``seed`` 0 to 2**64 - 1, torch's range (torch wraps a negative seed, so -1 would name
+  the same seed as 2**64 - 1);
 - ``stop``: at most 4 strings (as OpenAI) of 1 to 64 characters: generation decodes each row's newest tokens, as
   many as the longest string has UTF-8 bytes, per step (``generation.StopText``);
 - text (``model``, ``prompt``, ``stop``) must be Unicode a tokenizer takes: a lone surrogate is 400; a prompt the
@@ -46,7 +47,7 @@ from typing import Annotated, Literal
 from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.batching import ApiError, Engine, Job
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.generation import Completion, GenerationSettings
+from peft_gpt2.generation import MIN_TEMPERATURE, Completion, GenerationSettings
 from peft_gpt2.models import max_positions
 
 try:
@@ -97,7 +98,9 @@ class Completions:
         if body.template:
             template = self.adapter_set.template_for(adapter)
             prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
-        sample = body.temperature > 0  # else greedy, and the sampling fields keep GenerationSettings' defaults
+        # else greedy (below MIN_TEMPERATURE too, as vLLM does: sampling could overflow into NaN, a 500), and the
+        # sampling fields keep GenerationSettings' defaults
+        sample = body.temperature >= MIN_TEMPERATURE
         sampling = dict(temperature=body.temperature, top_p=body.top_p, seed=body.seed) if sample else {}
         settings = GenerationSettings(max_new_tokens=body.max_tokens, do_sample=sample, top_k=0, stop=stop, **sampling)
         key = (settings.max_new_tokens, sample, settings.temperature, settings.top_p, tuple(stop), settings.seed)

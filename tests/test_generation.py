@@ -235,6 +235,8 @@ def test_empty_prompt_list(positional):
         ("max_new_tokens", 0, {}),
         ("batch_size", 0, {}),
         ("temperature", 0.0, {"do_sample": True}),
+        ("temperature", 1e-6, {"do_sample": True}),  # logits / 1e-300 overflow into NaN probabilities
+        ("temperature", float("nan"), {"do_sample": True}),
         ("top_k", -1, {}),
         ("top_p", 0.0, {}),
         ("top_p", 1.5, {}),

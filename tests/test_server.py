@@ -362,6 +362,13 @@ def test_extreme_values_are_4xx_naming_the_field(http, field, value, status):
     assert http.post("/v1/completions", json=body()).status_code == 200  # the server is unharmed
 
 
+def test_a_tiny_temperature_is_greedy(http, expected):
+    """Sampling at 1e-230 divided the logits into infinities: NaN probabilities, a 500 (found by the fuzz test)."""
+    for temperature in (1e-230, 9e-6):
+        reply = http.post("/v1/completions", json=body(temperature=temperature, seed=3))
+        assert [c["text"] for c in reply.json()["choices"]] == [expected["A", PROMPTS[0]].text], reply.text
+
+
 def test_the_largest_values_accepted_work(http):
     """The bounds are where the server's limits are: the largest seed and a full stop list are answered."""
     fields = dict(seed=str(2**64 - 1), stop=json.dumps(["x" * 64, "y" * 64, "é" * 64, "😀" * 64]), max_tokens="3")
