@@ -11,6 +11,7 @@ base model matches the one it was trained on (config fingerprint), before any we
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,21 @@ from peft_gpt2.run_folder import Provenance
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
+
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+RESERVED = ("base", "__base__", "default")
+
+
+def check_name(name: str) -> str:
+    """An adapter name is a name, not a path. No ``.``: torch refuses it as a module key, after PEFT has already
+    half-added the adapter. ``default`` is PEFT's own name (saved without a subfolder)."""
+    if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
+        raise PeftGpt2Error(
+            f"bad adapter name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '_' or '-'), "
+            f"not {', '.join(RESERVED)}"
+        )
+    return name
 
 
 def folder_kind(path: str | Path, *, allow_pickle: bool = False) -> str:
@@ -134,6 +150,13 @@ def check_weights(path: str | Path, base: PreTrainedModel) -> None:
         config = PeftConfig.from_pretrained(str(path))
     except Exception as err:  # a malformed adapter_config.json: PEFT raises several types
         raise PeftGpt2Error(f"{path}/adapter_config.json: not a PEFT config ({type(err).__name__}: {err})") from None
+    init = str(getattr(config, "init_lora_weights", ""))
+    if init.startswith(("pissa", "olora", "corda")):
+        raise PeftGpt2Error(
+            f"{path}: saved straight from a {init!r} initialisation, so loading it rewrites the base weights (PEFT "
+            "subtracts the initial components from them) for every adapter that shares the base; save it as plain "
+            "LoRA (PEFT: save_pretrained(..., path_initial_model_for_weight_conversion=...), as peft-gpt2 train does)"
+        )
     skeleton_config = copy.deepcopy(base.config)
     if hasattr(skeleton_config, "quantization_config"):
         del skeleton_config.quantization_config  # the skeleton only needs shapes

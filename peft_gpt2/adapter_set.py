@@ -11,7 +11,6 @@ Folder checks (kind, safetensors, base fingerprint) are ``adapter_folder``'s; th
 from __future__ import annotations
 
 import contextlib
-import re
 import tempfile
 import threading
 import warnings
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from peft_gpt2.adapter_folder import attach, base_of, folder_kind
+from peft_gpt2.adapter_folder import attach, base_of, check_name, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import Completion, GenerationSettings, generate
 from peft_gpt2.merge import merge_adapter
@@ -31,20 +30,6 @@ from peft_gpt2.templates import TEMPLATES, Template, get_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-RESERVED = ("base", "__base__", "default")
-
-
-def check_name(name: str) -> str:
-    """An adapter name is a name, not a path. No ``.``: torch refuses it as a module key, after PEFT has already
-    half-added the adapter. ``default`` is PEFT's own name (saved without a subfolder)."""
-    if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
-        raise PeftGpt2Error(
-            f"bad adapter name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '_' or '-'), "
-            f"not {', '.join(RESERVED)}"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -102,7 +87,7 @@ class AdapterSet:
     def from_paths(cls, base_name: str | None, adapters: dict[str, str | Path], **kwargs) -> AdapterSet:
         """Check every folder, then load the base (default: the one the first adapter records) and the adapters.
 
-        ``dtype`` and ``load_in_8bit`` go to ``models.load_base``; other keyword arguments to ``AdapterSet``.
+        ``dtype``, ``quantization`` and ``load_in_8bit`` go to ``models.load_base``; others to ``AdapterSet``.
         """
         from peft_gpt2.models import load_base
 
@@ -115,7 +100,7 @@ class AdapterSet:
             if not adapters:
                 raise PeftGpt2Error("no base model and no adapters: pass a model, an adapter, or both")
             base_name = base_of(next(iter(adapters.values())))
-        load = {k: kwargs.pop(k) for k in ("dtype", "load_in_8bit") if k in kwargs}
+        load = {k: kwargs.pop(k) for k in ("dtype", "quantization", "load_in_8bit") if k in kwargs}
         model, tokenizer = load_base(base_name, **load)
         return cls(model, tokenizer, adapters, base_name=base_name, **kwargs)
 

@@ -70,4 +70,3 @@ def merge_adapter(
             adapter_provenance=provenance.to_dict(),
         ).write(stage)
     return out
-

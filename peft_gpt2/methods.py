@@ -82,6 +82,12 @@ def adapter_config(method: str, options: dict, model: PreTrainedModel) -> PeftCo
             from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
 
             options["feedforward_modules"] = [t for t in FEEDFORWARD.get(model.config.model_type, []) if t in targets]
+    return library_config(method, options)
+
+
+def library_config(method: str, options: dict) -> PeftConfig:
+    """PEFT's config for a recipe section as given, its refusals naming the section: needs no model, so it runs
+    before anything loads (``adapter_config`` adds what depends on the model)."""
     init = options.get("init_lora_weights")
     for name, why in INITS_REFUSED.items() if method == "lora" and isinstance(init, str) else ():
         if init.startswith(name):
@@ -90,6 +96,14 @@ def adapter_config(method: str, options: dict, model: PreTrainedModel) -> PeftCo
         return config_class(method)(**options, task_type="CAUSAL_LM")
     except (ValueError, TypeError) as err:
         raise PeftGpt2Error(f"recipe section {method}: {CONFIGS[method]} refused a value: {err}") from None
+
+
+def method_label(method: str, options: dict, quantization: str | None) -> str:
+    """A run's method as reports name it: DoRA and rsLoRA by name, the base's quantization as a suffix
+    (``lora-8bit``; QLoRA is ``lora-4bit``)."""
+    if method == "lora":
+        method = "dora" if options.get("use_dora") else "rslora" if options.get("use_rslora") else "lora"
+    return f"{method}-{quantization}" if quantization else method
 
 
 def peft_type(path: str | Path) -> str | None:

@@ -236,6 +236,14 @@ def quantization_config(quantization: str, compute_dtype: str | None = None):
     )
 
 
+def keep_training_layout(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel at the first eval-mode forward: it
+    cannot train on them afterwards ("a view of a leaf Variable ... in-place"), and we score before training."""
+    for layer in model.modules():
+        if hasattr(layer, "support_avx512bf16_for_cpu"):
+            layer.support_avx512bf16_for_cpu = False
+
+
 def max_positions(config) -> int | None:
     """The longest sequence the model takes (GPT-2: ``n_positions``, Llama: ``max_position_embeddings``)."""
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)

@@ -109,6 +109,7 @@ def token_loss(
                 labels[row, : starts[i]] = -100
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = logits[:, logits.shape[1] - width :]  # prompt tuning prepends its virtual tokens' logits
             labels = labels[:, 1:]
             keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
             scored = logits[:, :-1][keep].float()

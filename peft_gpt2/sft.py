@@ -1,8 +1,8 @@
-"""How a recipe becomes TRL's ``SFTTrainer``: ``LoraConfig``, ``SFTConfig``, precision, and the loss.
+"""How a recipe becomes TRL's ``SFTTrainer``: the PEFT config, ``SFTConfig``, precision, LoRA+, and the loss.
 
 Recipe sections are passed through (``LoraConfig(**recipe.lora)``, ``SFTConfig(**recipe.train)``); the few
-translations are in ``sft_config`` and ``lora_config``, and the libraries validate the values they own. The one
-behaviour we change is where TRL's loss is slow: see ``CompletionTrainer``.
+translations are in ``sft_config`` and ``methods.adapter_config``, and the libraries validate the values they own.
+The one behaviour we change is where TRL's loss is slow: see ``CompletionTrainer``.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.methods import adapter_config
-from peft_gpt2.recipe import OUR_TRAIN_KEYS, Recipe
+from peft_gpt2.methods import adapter_config, library_config
+from peft_gpt2.recipe import Recipe
+from peft_gpt2.sections import OUR_TRAIN_KEYS
 
 if TYPE_CHECKING:
-    from peft import LoraConfig
+    from peft import PeftConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import SFTConfig
 
 
-def lora_config(recipe: Recipe, model: PreTrainedModel) -> LoraConfig:
-    """``LoraConfig(**recipe.lora)`` for ``model`` (see ``methods.adapter_config``)."""
-    return adapter_config("lora", recipe.lora, model)
+def peft_config(recipe: Recipe, model: PreTrainedModel) -> PeftConfig:
+    """The method's PEFT config from its recipe section, for ``model`` (see ``methods.adapter_config``)."""
+    return adapter_config(recipe.method, recipe.adapter, model)
 
 
 def resolve_precision(precision: str) -> str:
@@ -80,12 +81,10 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
 
 
 def trainer_args(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
-    """``sft_config``, after checking the LoRA section with PEFT too: every value a library owns is checked here,
-    before any model or data loads (``train`` and every train stage of a pipeline call it first)."""
-    from peft import LoraConfig
-
+    """``sft_config``, after checking the method's section with PEFT too: every value a library owns is checked
+    here, before any model or data loads (``train`` and every train stage of a pipeline call it first)."""
     if recipe.method != "full":
-        _library_config("lora", LoraConfig, **recipe.lora, task_type="CAUSAL_LM")
+        library_config(recipe.method, recipe.adapter)
     return sft_config(recipe, output_dir, precision)
 
 
@@ -154,14 +153,42 @@ def make_trainer(
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
         processing_class=tokenizer,
-        peft_config=lora_config(recipe, model) if recipe.method != "full" else None,
+        peft_config=peft_config(recipe, model) if recipe.method != "full" else None,
     )
+    if recipe.train["loraplus_lr_ratio"]:  # LoRA+: B learns faster than A; the Trainer keeps an optimizer it is given
+        from peft.optimizers import create_loraplus_optimizer
+
+        adam = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        ratio = recipe.train["loraplus_lr_ratio"]
+        trainer.optimizer = create_loraplus_optimizer(
+            trainer.model, torch.optim.AdamW, lr=args.learning_rate, loraplus_lr_ratio=ratio, **adam
+        )
+    init = recipe.adapter.get("init_lora_weights")
+    if isinstance(init, str) and init.startswith("pissa"):  # PiSSA rewrites the base weights: see save_initial
+        trainer.initial_adapter = save_initial(trainer.model, Path(args.output_dir) / "initial-adapter")
     if recipe.train["padding_free"]:
         # TRL refuses padding_free with max_length set although it truncates the rows first; its own
         # padding-free collator on the truncated rows is the same thing.
         trainer.data_collator = DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)
         check_examples_kept_apart(trainer.model, trainer.data_collator)
     return trainer
+
+
+def save_initial(model, path: Path) -> Path:
+    """Save a PiSSA adapter as initialised, labelled plain LoRA, so that the trained one can be saved as plain LoRA.
+
+    PiSSA moves the base weights' principal components into the adapter (the base keeps the residual). PEFT saves
+    the trained adapter against that residual base unless given this initial one
+    (``path_initial_model_for_weight_conversion``): then it saves a plain LoRA of twice the rank against the
+    original base, which loads without rewriting the base every other adapter shares.
+    """
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    try:
+        model.save_pretrained(path)
+    finally:
+        config.init_lora_weights = init
+    return path
 
 
 def check_examples_kept_apart(model: PreTrainedModel, collator: DataCollatorForLanguageModeling) -> None:

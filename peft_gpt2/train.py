@@ -30,6 +30,7 @@ from peft_gpt2.corpus import corpus_rows
 from peft_gpt2.data_to_text import data_to_text_rows
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import instruction_rows, save_records
+from peft_gpt2.methods import method_label
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, publish_folder
 from peft_gpt2.scoring import completion_loss, token_loss
@@ -105,11 +106,15 @@ def validation_loss(recipe: Recipe, model, tokenizer, rows: list[dict]) -> float
 
 
 def load_model(recipe: Recipe) -> PreTrainedModel:
-    """The base model, quantized to 8 bits and prepared for k-bit training for ``lora-8bit``."""
-    from peft_gpt2.models import load_base
+    """The base model; quantized (``model.quantization``) and prepared for k-bit training under an adapter."""
+    from peft_gpt2.models import keep_training_layout, load_base
+    from peft_gpt2.sft import resolve_precision
 
-    model, _ = load_base(recipe.model.name, load_in_8bit=recipe.method == "lora-8bit")
-    if recipe.method == "lora-8bit":
+    quantization = recipe.model.quantization
+    compute = {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(recipe.train["precision"]))
+    model, _ = load_base(recipe.model.name, quantization=quantization, compute_dtype=compute)
+    if quantization:
+        keep_training_layout(model)
         from peft import prepare_model_for_kbit_training
 
         # bitsandbytes warns on every 8-bit matmul that it casts inputs to fp16 (its documented behaviour).
@@ -150,9 +155,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     if recipe.train["save_steps"]:
         ckpt.mkdir(parents=True, exist_ok=True)
         (ckpt / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")
-    trainable, total = trainer.model.num_parameters(only_trainable=True), trainer.model.num_parameters()
-    say(f"method {recipe.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%), "
-        f"precision {precision}", flush=True)
+    trainable, total = parameter_counts(trainer.model)
+    share = f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+    say(f"method {method_of(recipe)}: {share}, precision {precision}", flush=True)
 
     # 3. Train, with validation loss before and after.
     val_before = validation_loss(recipe, trainer.model, tokenizer, data.validation)
@@ -162,8 +167,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     train_time = time.perf_counter() - start
     val_after = validation_loss(recipe, trainer.model, tokenizer, data.validation)
     if val_before is not None:
-        say(f"validation loss: {val_before:.4f} -> {val_after:.4f} "
-            f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})", flush=True)
+        say(
+            f"validation loss: {val_before:.4f} -> {val_after:.4f} "
+            f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})",
+            flush=True,
+        )
 
     provenance = Provenance(
         **describe(recipe, model, trainable, total),
@@ -182,7 +190,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     )
     # 4. Save, then rename into place.
     save_run(trainer, recipe, tokenizer, data.test, provenance, overwrite=overwrite)
-    say(f"saved {recipe.method} {'model' if recipe.method == 'full' else 'adapter'} to {recipe.out_path}", flush=True)
+    kind = "model" if recipe.method == "full" else "adapter"
+    say(f"saved {method_of(recipe)} {kind} to {recipe.out_path}", flush=True)
     return TrainRun(recipe.out_path, provenance, trainer.model.eval(), tokenizer)
 
 
@@ -210,13 +219,24 @@ def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | Non
     return resume_from
 
 
+def parameter_counts(model) -> tuple[int, int]:
+    """Trainable and total parameters; PEFT's own count for an adapter (prompt encoders, packed 4-bit weights)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return model.num_parameters(only_trainable=True), model.num_parameters()
+
+
+def method_of(recipe: Recipe) -> str:
+    return method_label(recipe.method, recipe.adapter, recipe.model.quantization)
+
+
 def describe(recipe: Recipe, model: PreTrainedModel, trainable: int, total: int) -> dict:
     """The provenance fields known before training: what is trained, on which base, from which recipe."""
     from peft_gpt2.models import config_fingerprint
 
     return dict(
         name=recipe.name,
-        method=recipe.method,
+        method=method_of(recipe),
         base_model=recipe.model.name,
         base_model_path=model.config._name_or_path or recipe.model.name,
         base_config_fingerprint=config_fingerprint(model.config),
@@ -244,6 +264,8 @@ def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: P
         stage = work / "out"
         trainer.save_model(str(stage))
         if trainer.is_world_process_zero():
+            if getattr(trainer, "initial_adapter", None):  # PiSSA: saved as plain LoRA over the original base
+                trainer.model.save_pretrained(stage, path_initial_model_for_weight_conversion=trainer.initial_adapter)
             (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
             tokenizer.save_pretrained(stage)
             (stage / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")

@@ -7,7 +7,7 @@ from conftest import REPO, write_recipe
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.recipe import Recipe, dump_recipe, load_recipe
-from peft_gpt2.sft import lora_config, sft_config
+from peft_gpt2.sft import peft_config, sft_config
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
@@ -18,7 +18,7 @@ def test_every_shipped_recipe_validates(path, tmp_path, tiny):
     recipe = load_recipe(path)
     sft_config(recipe, tmp_path / "ck", "fp32")
     if recipe.method != "full":
-        lora_config(recipe, tiny[0])  # every shipped recipe trains a GPT-2: its targets exist there
+        peft_config(recipe, tiny[0])  # every shipped recipe trains a GPT-2: its targets exist there
     text = path.read_text()
     assert text.startswith("#") and f"peft-gpt2 train recipes/{path.name}" in text  # opens with its command
 
@@ -143,9 +143,9 @@ def test_sft_config_keys_we_never_listed_pass_through(tmp_path):
     assert args.adam_beta2 == pytest.approx(0.99) and args.weight_decay == 0.0
 
 
-def test_lora_config_keys_we_never_listed_pass_through(tmp_path, tiny):
+def test_peft_config_keys_we_never_listed_pass_through(tmp_path, tiny):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml"), ["lora.use_rslora=true", "lora.lora_alpha=4"])
-    config = lora_config(recipe, tiny[0])
+    config = peft_config(recipe, tiny[0])
     assert config.use_rslora is True and config.lora_alpha == 4 and config.r == 4
 
 

@@ -21,6 +21,9 @@ from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 from peft_gpt2.merge import merge_adapter
 from peft_gpt2.methods import adapter_config, drop_routing_hooks
+from peft_gpt2.recipe import load_recipe
+from peft_gpt2.sft import peft_config
+from peft_gpt2.train import train
 
 FAST = GenerationSettings(max_new_tokens=5, stop=["###"])
 CONFIGS = {
@@ -29,6 +32,7 @@ CONFIGS = {
     "ia3": lambda: IA3Config(),
     "vera": lambda: VeraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True),
     "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=4),
+    "pissa": lambda: LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights="pissa"),
 }
 PROMPTS = ["Double it.", "Shout it.", "Name a color.", "Count to three."]
 
@@ -184,3 +188,88 @@ def test_compare_scores_adapters_of_different_methods_each_on_its_own_load(tmp_p
         assert together[name]["perplexity"] == alone[name]["perplexity"]
         assert together[name]["f1"] == alone[name]["f1"]
     assert len({row["perplexity"] for row in together.values()}) == 4  # every adapter matters
+
+
+# Each method on the toy addition task (tests/test_train.py): the variant's overrides, and the validation loss
+# drop it must reach in 30 steps (the tiny model starts at ~11 nats; LoRA reaches ~7.5, the smaller methods less).
+VARIANTS = {
+    "lora": ([], 3.0),
+    "dora": (["lora.use_dora=true"], 3.0),
+    "rslora": (["lora.use_rslora=true"], 3.0),
+    "lora-pissa": (["lora.init_lora_weights=pissa"], 3.0),
+    "lora-plus": (["train.loraplus_lr_ratio=4", "train.learning_rate=3e-3"], 3.0),
+    "ia3": (["method=ia3", "train.learning_rate=3e-2"], 1.0),
+    "vera": (["method=vera", "train.learning_rate=3e-2"], 1.0),
+    "prefix_tuning": (["method=prefix_tuning", "train.learning_rate=3e-2"], 0.5),
+    "prompt_tuning": (["method=prompt_tuning", "train.learning_rate=3e-2"], 0.5),
+}
+LABELS = {"lora-pissa": "lora", "lora-plus": "lora"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_method_learns_and_its_folder_is_plain_peft(tmp_path, variant):
+    """Trains (the loss falls on a task the random base cannot do), counts parameters as PEFT does, loads with plain
+    PEFT with the same logits, and merges (where PEFT can) to the same logits within 1e-4."""
+    from peft import PeftModel
+    from test_train import make_recipe
+    from transformers import AutoModelForCausalLM
+
+    overrides, drop = VARIANTS[variant]
+    run = train(make_recipe(tmp_path, *overrides))
+    p = run.provenance
+    assert p.validation_loss_after < p.validation_loss_before - drop, p
+    assert p.method == LABELS.get(variant, variant)
+    config = json.loads((run.path / "adapter_config.json").read_text())
+    fresh = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    counted = get_peft_model(fresh, peft_config(load_recipe(run.path / "recipe.yaml"), fresh))
+    assert p.trainable_parameters == counted.get_nb_trainable_parameters()[0] > 0
+    if variant == "lora-pissa":  # saved as plain LoRA of twice the rank, against the original base
+        assert config["init_lora_weights"] is True and config["r"] == 2 * 16
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    loaded = PeftModel.from_pretrained(base, run.path).eval()
+    ids = run.tokenizer(
+        ["### Instruction:\nAdd the two numbers.\n\n### Input:\n3 and 4\n\n### Response:\n"] * 2, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        expected, got = run.model.eval()(**ids).logits, loaded(**ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    if loaded.peft_config["default"].is_prompt_learning:
+        return  # nothing to merge (see test_a_prompt_learning_adapter_has_nothing_to_merge)
+    merged = AutoModelForCausalLM.from_pretrained(merge_adapter(run.path, tmp_path / "merged")).eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(**ids).logits, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_lora_over_a_4bit_base_trains_here(tmp_path):
+    """QLoRA on CPU: bitsandbytes' NF4 layers, the loss falls, and the adapter reloads over a fresh 4-bit base."""
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from test_train import make_recipe
+
+    run = train(make_recipe(tmp_path, "model.quantization=4bit"))
+    p = run.provenance
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in run.model.modules())
+    assert p.method == "lora-4bit" and p.validation_loss_after < p.validation_loss_before - 3.0, p
+    base, tokenizer = models.load_base("tiny-gpt2", quantization="4bit", compute_dtype=None)
+    models.keep_training_layout(base)  # as the run did: bitsandbytes' CPU inference kernel differs slightly
+    loaded = PeftModel.from_pretrained(base, run.path).eval()
+    for name, param in loaded.named_parameters():  # TRL trains adapters over a quantized base in bf16 (as QLoRA
+        if "lora_" in name:  # does); PEFT loads them as float32: compare like with like
+            param.data = param.data.to(torch.bfloat16)
+    ids = tokenizer(["### Instruction:\nAdd the two numbers.\n\n### Response:\n"], return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(**ids).logits, run.model.eval()(**ids).logits, rtol=0, atol=1e-5)
+
+
+def test_an_adapter_that_would_rewrite_the_base_is_refused(tmp_path, tiny):
+    """PEFT loads a PiSSA adapter saved without conversion by rewriting the base weights (the residual): every
+    other adapter would then run on a different base. Refused, naming the fix; the base stays bitwise the same."""
+    model, tokenizer = tiny
+    m = AdapterSet(model, tokenizer, {"lora": make_adapter(tmp_path, "lora", 1)})
+    before = {k: v.clone() for k, v in m.model.get_base_model().state_dict().items() if "lora_" not in k}
+    with pytest.raises(PeftGpt2Error, match="saved straight from a 'pissa' initialisation.*plain LoRA"):
+        m.add("pissa", make_adapter(tmp_path, "pissa", 2))
+    after = {k: v for k, v in m.model.get_base_model().state_dict().items() if "lora_" not in k}
+    assert m.names == ["lora"] and all(torch.equal(before[k], after[k]) for k in before)

@@ -15,7 +15,7 @@ from conftest import write_recipe
 from peft_gpt2.cli import main
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.recipe import load_recipe
-from peft_gpt2.sft import lora_config, make_trainer, sft_config
+from peft_gpt2.sft import make_trainer, peft_config, sft_config
 from peft_gpt2.templates import TEMPLATES, tokenize_pairs
 from peft_gpt2.train import train
 
@@ -192,7 +192,7 @@ def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path):
 
     model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's architecture, random weights
     recipe = make_recipe(tmp_path, "lora.r=8", "lora.target_modules=null")
-    config = lora_config(recipe, model)
+    config = peft_config(recipe, model)
     assert config.target_modules == {"c_attn"} and config.fan_in_fan_out is True
     peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -213,10 +213,10 @@ def test_llama_targets_are_linear_not_conv1d(tmp_path):
             vocab_size=100,
         )
     )
-    config = lora_config(make_recipe(tmp_path, "lora.target_modules=null"), model)
+    config = peft_config(make_recipe(tmp_path, "lora.target_modules=null"), model)
     assert config.target_modules == {"q_proj", "v_proj"} and config.fan_in_fan_out is False
     with pytest.raises(PeftGpt2Error, match="match no module"):
-        lora_config(make_recipe(tmp_path, "lora.target_modules=[c_attn]"), model)
+        peft_config(make_recipe(tmp_path, "lora.target_modules=[c_attn]"), model)
 
 
 @pytest.mark.slow
