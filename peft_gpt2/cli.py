@@ -303,8 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_commands(commands)
     _add_serving_commands(commands)
     p = commands.add_parser("pipeline", help="run train/merge/compare stages from one YAML; finished stages skip")
-    p.add_argument("pipeline", help="pipeline YAML, e.g. recipes/sherlock_pipeline.yaml")
+    p.add_argument("pipeline", help="pipeline YAML, e.g. recipes/pipelines/e2e_smollm2.yaml")
     p.add_argument("--rerun", action="append", default=[], metavar="STAGE", help="run a finished stage again ('all')")
+    p.set_defaults(run=_pipeline)
+    p = commands.add_parser("sweep", help="train variants of one recipe and compare them in one report (a pipeline)")
+    p.add_argument("pipeline", metavar="sweep", help="sweep YAML, e.g. recipes/sweeps/e2e_methods.yaml")
+    p.add_argument("--rerun", action="append", default=[], metavar="VARIANT", help="train a variant again ('all')")
     p.set_defaults(run=_pipeline)
     return parser
 

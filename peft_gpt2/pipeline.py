@@ -1,10 +1,12 @@
 """Run a multi-stage path from one YAML file: train, merge, compare; finished stages are skipped.
 
-    peft-gpt2 pipeline recipes/sherlock_pipeline.yaml [--rerun STAGE ...]
+    peft-gpt2 pipeline recipes/pipelines/e2e_smollm2.yaml [--rerun STAGE ...]
 
 A stage is done when its output exists (an adapter folder with ``peft_gpt2.json``, a merged model folder,
 a report), so a pipeline that stopped half-way continues where it stopped. Every stage is checked before
-the first one runs, so a typo in the last stage fails in a second, not after an hour of training.
+the first one runs, so a typo in the last stage fails in a second, not after an hour of training. A compare
+stage's ``runs`` are run folders or names of earlier train stages; a file whose one key is ``sweep`` is a
+pipeline written short (``sweep.expand``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.recipe import Recipe, load_recipe
 from peft_gpt2.run_folder import PROVENANCE
+from peft_gpt2.sweep import expand
 
 KINDS = {
     "train": {"train", "set"},
@@ -52,6 +55,8 @@ def load_pipeline(path: str | Path) -> list[Stage]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise PeftGpt2Error(f"pipeline {path} is not valid YAML: {err}") from None
+    if isinstance(data, dict) and set(data) == {"sweep"}:  # a sweep is a pipeline written short
+        data = expand(data["sweep"], path)
     if not isinstance(data, dict) or set(data) != {"stages"} or not isinstance(data["stages"], list):
         raise PeftGpt2Error(f"{path}: expected one key, stages: a list of {{name, train|merge|compare, ...}}")
     stages = []
@@ -71,8 +76,10 @@ def load_pipeline(path: str | Path) -> list[Stage]:
             spec = {"adapter": raw["merge"]["adapter"], "out": raw["merge"]["out"], "model": raw["merge"].get("model")}
         if kind == "compare":
             spec = {"name": raw["name"], **raw["compare"]}
-            if not spec.get("runs"):
-                raise PeftGpt2Error(f"{where} ({raw['name']}): compare needs runs")
+            if not spec.get("runs") or not isinstance(spec["runs"], list):
+                raise PeftGpt2Error(f"{where} ({raw['name']}): compare needs runs: a list")
+            trained = {s.name: str(s.recipe.out_path) for s in stages if s.kind == "train"}
+            spec["runs"] = [trained.get(run, run) for run in spec["runs"]]  # a train stage's name: its output
             try:
                 decoding(spec)
             except (PeftGpt2Error, TypeError) as err:
