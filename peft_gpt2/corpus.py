@@ -20,6 +20,8 @@ _START = re.compile(r"^[ \t]*\*{3}[ \t]*START[ \t]+OF\b.*$", re.IGNORECASE | re.
 _END = re.compile(r"^[ \t]*(\*{3}[ \t]*END[ \t]+OF\b|End of (the )?Project Gutenberg).*$", re.IGNORECASE | re.MULTILINE)
 _CONTENTS = re.compile(r"^\s*(table\s+of\s+)?contents\s*[.:]?\s*$", re.IGNORECASE)
 _FRONT_JUNK = re.compile(r"cover\s*$|(produced by|e-?text prepared by|transcribed (from|by))\b", re.IGNORECASE)
+_GAP = re.compile(r"\n[ \t]*\n")  # a blank line: paragraphs end here
+_SPACE = re.compile(r"\s*")
 _CONTENTS_SEARCH_LINES = 300  # a contents heading further in is left alone: it is not front matter
 _CONTENTS_MAX_LINES = 300  # a "list" longer than this is prose with a stray heading, not a contents table
 _PROSE_LINE_CHARS = 60  # title pages and contents entries are short; hard-wrapped prose lines are ~70 characters
@@ -90,8 +92,10 @@ def strip_gutenberg(text: str) -> str:
     end = _END.search(text)
     if end and (start or "gutenberg" in end.group(0).lower()):
         text = text[: end.start()]
-    while (gap := re.search(r"\n[ \t]*\n", text.lstrip())) and _FRONT_JUNK.match(text.lstrip()[: gap.start()]):
-        text = text.lstrip()[gap.end() :]  # a leading "Produced by" credit or "cover" image tag
+    cut = 0  # past leading "Produced by" credits and "cover" tags; searched in place (a copy each was quadratic)
+    while (gap := _GAP.search(text, at := _SPACE.match(text, cut).end())) and _FRONT_JUNK.match(text, at, gap.start()):
+        cut = gap.end()
+    text = text[cut:]
     return "\n\n".join(_paragraphs("\n".join(_drop_contents(text.split("\n")))))
 
 

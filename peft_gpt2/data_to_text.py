@@ -48,9 +48,16 @@ def load_mrs(source: str, hub_split: str = "train") -> list[dict]:
 
 def _csv_rows(text: str, source: str) -> list[tuple[str, str]]:
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _mr_ref_pairs(reader, source)
+    except csv.Error as err:  # e.g. a field past csv's 131,072-character limit: an unclosed quote, or not E2E data
+        raise PeftGpt2Error(f"{source}: line {reader.line_num + 1}: not a readable CSV row ({err})") from None
+
+
+def _mr_ref_pairs(reader: csv.DictReader, source: str) -> list[tuple[str, str]]:
     columns = [c.strip() for c in reader.fieldnames or []]
     if "mr" not in columns:
-        raise PeftGpt2Error(f"{source}: expected a CSV with columns mr and ref (E2E format), got {columns}")
+        raise PeftGpt2Error(f"{source}: expected a CSV with columns mr and ref (E2E format), got {columns[:10]}")
     rows = []
     for row in reader:
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}

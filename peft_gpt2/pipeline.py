@@ -5,8 +5,8 @@
 A stage is done when its output exists (an adapter folder with ``peft_gpt2.json``, a merged model folder,
 a report), so a pipeline that stopped half-way continues where it stopped. Every stage is checked before
 the first one runs, so a typo in the last stage fails in a second, not after an hour of training. A compare
-stage's ``runs`` are run folders or names of earlier train stages; a file whose one key is ``sweep`` is a
-pipeline written short (``sweep.expand``).
+stage's ``runs`` are run folders or names of train stages; a file whose one key is ``sweep`` is a pipeline
+written short (``sweep.expand``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.recipe import Recipe, load_recipe
 from peft_gpt2.run_folder import PROVENANCE
+from peft_gpt2.sources import load_yaml
 from peft_gpt2.sweep import expand
 
 KINDS = {
@@ -49,53 +48,58 @@ class Stage:
 def load_pipeline(path: str | Path) -> list[Stage]:
     """Read and check every stage (recipes included) before anything runs."""
     path = Path(path)
-    if not path.is_file():
-        raise PeftGpt2Error(f"pipeline {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise PeftGpt2Error(f"pipeline {path} is not valid YAML: {err}") from None
+    data = load_yaml(path, "pipeline") or {}
     if isinstance(data, dict) and set(data) == {"sweep"}:  # a sweep is a pipeline written short
         data = expand(data["sweep"], path)
     if not isinstance(data, dict) or set(data) != {"stages"} or not isinstance(data["stages"], list):
         raise PeftGpt2Error(f"{path}: expected one key, stages: a list of {{name, train|merge|compare, ...}}")
-    stages = []
-    for i, raw in enumerate(data["stages"]):
-        where = f"{path}: stage {i}"
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise PeftGpt2Error(f"{where}: each stage is a mapping with a name")
-        kinds = [k for k in KINDS if k in raw]
-        if len(kinds) != 1:
-            raise PeftGpt2Error(f"{where} ({raw['name']}): needs exactly one of train, merge, compare")
-        kind = kinds[0]
-        spec = {k: v for k, v in raw.items() if k != "name"}
-        unknown = set(spec) - KINDS[kind] - {kind}
-        if unknown:
-            raise PeftGpt2Error(f"{where} ({raw['name']}): unknown keys {sorted(unknown)} for a {kind} stage")
-        if kind == "merge":
-            spec = {"adapter": raw["merge"]["adapter"], "out": raw["merge"]["out"], "model": raw["merge"].get("model")}
-        if kind == "compare":
-            spec = {"name": raw["name"], **raw["compare"]}
-            if not spec.get("runs") or not isinstance(spec["runs"], list):
-                raise PeftGpt2Error(f"{where} ({raw['name']}): compare needs runs: a list")
-            trained = {s.name: str(s.recipe.out_path) for s in stages if s.kind == "train"}
-            spec["runs"] = [trained.get(run, run) for run in spec["runs"]]  # a train stage's name: its output
-            try:
-                decoding(spec)
-            except (PeftGpt2Error, TypeError) as err:
-                raise PeftGpt2Error(f"{where} ({raw['name']}): generation: {err}") from None
-        stage = Stage(raw["name"], kind, spec)
-        if kind == "train":
-            from peft_gpt2.checkpoints import checkpoint_dir
-            from peft_gpt2.sft import resolve_precision, trainer_args
-
-            stage.recipe = load_recipe(raw["train"], list(raw.get("set") or []))
-            trainer_args(stage.recipe, checkpoint_dir(stage.recipe), resolve_precision(stage.recipe.train["precision"]))
-        stages.append(stage)
+    stages = [_stage(raw, f"{path}: stage {i}") for i, raw in enumerate(data["stages"])]
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise PeftGpt2Error(f"{path}: stage names must be unique: {names}")
+    trained = {s.name: str(s.recipe.out_path) for s in stages if s.kind == "train"}
+    for stage in (s for s in stages if s.kind == "compare"):  # a run may be named by the stage that trains it
+        stage.spec["runs"] = [trained.get(run, run) for run in stage.spec["runs"]]
     return stages
+
+
+def _stage(raw: object, where: str) -> Stage:
+    """One stage of the file, its shape checked (``where`` names it in errors); a train stage's recipe loaded."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise PeftGpt2Error(f"{where}: each stage is a mapping with a name")
+    where = f"{where} ({raw['name']})"
+    kinds = [k for k in KINDS if k in raw]
+    if len(kinds) != 1:
+        raise PeftGpt2Error(f"{where}: needs exactly one of train, merge, compare")
+    kind = kinds[0]
+    spec = {k: v for k, v in raw.items() if k != "name"}
+    unknown = set(spec) - KINDS[kind] - {kind}
+    if unknown:
+        raise PeftGpt2Error(f"{where}: unknown keys {sorted(unknown)} for a {kind} stage")
+    if kind == "train":
+        from peft_gpt2.checkpoints import checkpoint_dir
+        from peft_gpt2.sft import resolve_precision, trainer_args
+
+        settings = raw.get("set") or []
+        if not isinstance(raw["train"], str) or not all(isinstance(s, str) for s in settings):
+            raise PeftGpt2Error(f"{where}: train is a recipe file; set, a list of key=value strings")
+        recipe = load_recipe(raw["train"], list(settings))
+        trainer_args(recipe, checkpoint_dir(recipe), resolve_precision(recipe.train["precision"]))
+        return Stage(raw["name"], kind, spec, recipe)
+    if not isinstance(raw[kind], dict):
+        raise PeftGpt2Error(f"{where}: {kind} must be a mapping, got {type(raw[kind]).__name__}")
+    if kind == "merge":
+        if not all(isinstance(raw["merge"].get(k), str) for k in ("adapter", "out")):
+            raise PeftGpt2Error(f"{where}: merge needs adapter and out, each a folder")
+        return Stage(raw["name"], kind, {k: raw["merge"].get(k) for k in ("adapter", "out", "model")})
+    spec = {"name": raw["name"], **raw["compare"]}
+    if not isinstance(spec.get("runs"), list) or not spec["runs"]:
+        raise PeftGpt2Error(f"{where}: compare needs runs: a list of run folders or train stage names")
+    try:
+        decoding(spec)
+    except (PeftGpt2Error, TypeError) as err:
+        raise PeftGpt2Error(f"{where}: generation: {err}") from None
+    return Stage(raw["name"], kind, spec)
 
 
 def run_pipeline(path: str | Path, *, rerun: list[str] | tuple[str, ...] = ()) -> list[Stage]:

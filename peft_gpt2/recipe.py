@@ -27,6 +27,7 @@ from peft_gpt2.methods import CONFIGS
 from peft_gpt2.models import QUANTIZATIONS
 from peft_gpt2.sections import METHOD_DEFAULTS, SECTIONS, TRAIN_DEFAULTS, coerce, section, unknown
 from peft_gpt2.sections import check as _check
+from peft_gpt2.sources import bounded, load_yaml, unreadable
 from peft_gpt2.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 METHODS = ("full", *CONFIGS)  # and "lora-8bit", read as method lora with model.quantization 8bit
@@ -150,9 +151,10 @@ def apply_override(data: dict, assignment: str) -> None:
     if not sep or not key.strip():
         raise PeftGpt2Error(f"--set expects key=value (e.g. train.max_steps=20), got {assignment!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise PeftGpt2Error(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
+        value = bounded(yaml.safe_load(raw), f"--set {key}") if raw.strip() else ""
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        why = err if isinstance(err, yaml.YAMLError) else unreadable(err)
+        raise PeftGpt2Error(f"--set {key}: value {raw[:80]!r} is not valid YAML ({why})") from None
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
@@ -170,12 +172,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         overrides (`list[str]`, *optional*): ``section.key=value`` strings, applied in order.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PeftGpt2Error(f"recipe {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise PeftGpt2Error(f"recipe {path} is not valid YAML: {err}") from None
+    data = load_yaml(path, "recipe") or {}
     if not isinstance(data, dict):
         raise PeftGpt2Error(f"recipe {path} must be a mapping of keys, got {type(data).__name__}")
     for assignment in overrides:

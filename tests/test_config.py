@@ -166,3 +166,50 @@ def test_our_train_keys_become_the_trainer_settings_they_name(tmp_path):
     assert args.train_sampling_strategy == "group_by_length" and args.bf16
     text = write_recipe(tmp_path / "t.yaml", data={"format": "text"})
     assert sft_config(load_recipe(text), tmp_path / "ck", "fp32").completion_only_loss is False  # every token
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """YAML whose ``levels`` anchors each repeat the one before 9 times: 9**levels values from a few hundred bytes."""
+    lines = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "[" + ", ".join(lines) + "]"
+
+
+def test_an_alias_bomb_is_refused_fast_naming_the_file(tmp_path):
+    """Loading shares the aliased lists (cheap); checking or printing the recipe expanded 9**9 values (minutes)."""
+    import time
+
+    path = write_recipe(tmp_path / "r.yaml")
+    path.write_text(path.read_text() + f"lora_targets: {alias_bomb()}\n")
+    start = time.perf_counter()
+    with pytest.raises(PeftGpt2Error, match=r"recipe .*r\.yaml: expands to more than 10,000 values"):
+        load_recipe(path)
+    with pytest.raises(PeftGpt2Error, match=r"--set lora\.target_modules: expands to more than 10,000 values"):
+        load_recipe(write_recipe(tmp_path / "s.yaml"), [f"lora.target_modules={alias_bomb()}"])
+    assert time.perf_counter() - start < 2
+
+
+def test_small_anchors_still_work(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml")
+    path.write_text(path.read_text().replace("max_length: 48", "max_length: 48\n  split: &s [0.8, 0.1, 0.1]"))
+    recipe = load_recipe(path, ["lora.target_modules=[&t c_attn, *t]"])
+    assert recipe.data.split == [0.8, 0.1, 0.1] and recipe.lora["target_modules"] == ["c_attn", "c_attn"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[" * 50_000, "nested too deeply"),
+        ("1" * 5000, "Exceeds the limit (4300 digits) for integer string conversion"),
+        ("2020-13-45", "month must be in 1..12"),
+    ],
+)
+def test_values_python_cannot_build_are_our_error(tmp_path, value, message):
+    """PyYAML raises RecursionError or ValueError for these, not YAMLError: a traceback before."""
+    path = write_recipe(tmp_path / "r.yaml")
+    path.write_text(path.read_text().replace("r: 4", f"r: {value}"))
+    with pytest.raises(PeftGpt2Error, match=r"r\.yaml is not valid YAML") as err:
+        load_recipe(path)
+    assert message in str(err.value) and "set_int_max_str_digits" not in str(err.value)
+    with pytest.raises(PeftGpt2Error, match="--set lora.r: value"):
+        load_recipe(write_recipe(tmp_path / "s.yaml"), [f"lora.r={value}"])

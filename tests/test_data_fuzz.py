@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,12 +56,42 @@ def test_random_bytes_load_or_raise_our_error(tmp_path, raw, suffix):
     load_or_our_error(path)
 
 
-def test_pathological_json_is_our_error(tmp_path):
-    for name, text in [
-        ("deep.json", "[" * 100_000),
-        ("digits.json", "[" + "1" * 5000 + "]"),
-        ("deep.jsonl", "[" * 100_000),
-        ("digits.jsonl", "1" * 5000),
-    ]:
-        (tmp_path / name).write_text(text)
-        load_or_our_error(tmp_path / name)
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("deep.json", "[" * 100_000, "deep.json: unreadable JSON (nested too deeply)"),
+        ("digits.json", "[" + "1" * 5000 + "]", "digits.json: unreadable JSON (Exceeds the limit (4300 digits)"),
+        ("deep.jsonl", '{"output": "a"}\n' + "[" * 100_000, "deep.jsonl: line 2: malformed JSON Lines record (nested"),
+        ("digits.jsonl", "1" * 5000, "digits.jsonl: line 1: malformed JSON Lines record (Exceeds the limit"),
+    ],
+)
+def test_pathological_json_is_one_line_naming_file_and_line(tmp_path, name, text, message):
+    """json.loads raises RecursionError or ValueError here, not JSONDecodeError; refused in well under 2 s."""
+    (tmp_path / name).write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(PeftGpt2Error) as err:
+        prepare_splits(str(tmp_path / name))
+    assert time.perf_counter() - start < 2
+    assert message in str(err.value) and "\n" not in str(err.value) and "set_int_max_str_digits" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [('mr,ref\n"' + "x" * 200_000 + '",y\n', 2), ('mr,ref\na,b\n"c' + ",d\n" * 70_000, 3)],
+)
+def test_a_csv_field_past_the_csv_limit_names_file_and_line(tmp_path, text, line):
+    """A 200,000-character field, or an unclosed quote swallowing the rest of the file: csv.Error before."""
+    from peft_gpt2.data_to_text import load_mrs
+
+    (tmp_path / "e2e.csv").write_text(text)
+    with pytest.raises(PeftGpt2Error, match=rf"e2e\.csv: line {line}: not a readable CSV row \(field larger"):
+        load_mrs(str(tmp_path / "e2e.csv"))
+
+
+def test_front_matter_is_stripped_in_linear_time():
+    """Each leading "cover" paragraph copied the rest of the book: 128,000 of them (900 KB) took 2.7 s, 1M minutes."""
+    from peft_gpt2.corpus import strip_gutenberg
+
+    start = time.perf_counter()
+    assert strip_gutenberg("cover\n\n" * 300_000 + "Produced by a volunteer\n\nThe book.\n") == "The book."
+    assert time.perf_counter() - start < 2

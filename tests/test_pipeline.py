@@ -97,6 +97,13 @@ def test_every_stage_is_checked_before_any_runs(tmp_path, tiny_path, setting, me
             ],
             "unique",
         ),
+        # shapes that raised AttributeError, TypeError or KeyError
+        ([{"name": "a", "train": "r.yaml", "set": [3]}], "set, a list of key=value strings"),
+        ([{"name": "a", "train": ["r.yaml"]}], "train is a recipe file"),
+        ([{"name": "a", "merge": "x"}], "merge must be a mapping, got str"),
+        ([{"name": "a", "merge": {"adapter": "x"}}], "merge needs adapter and out"),
+        ([{"name": "a", "compare": ["x"]}], "compare must be a mapping, got list"),
+        ([{"name": "a", "compare": {"runs": "adapters/x"}}], "compare needs runs: a list of run folders"),
     ],
 )
 def test_bad_pipelines(tmp_path, stages, message):
@@ -113,3 +120,15 @@ def test_shipped_pipelines_validate(monkeypatch):
         stages = load_pipeline(path)
         assert [s.kind for s in stages].count("compare") == 1
         assert f"peft-gpt2 pipeline {path.relative_to(REPO)}" in path.read_text()
+
+
+def test_an_alias_bomb_is_refused_fast_naming_the_file(tmp_path):
+    import time
+
+    from test_config import alias_bomb
+
+    (tmp_path / "p.yaml").write_text(f"stages: [{{name: a, compare: {{runs: {alias_bomb()}}}}}]\n")
+    start = time.perf_counter()
+    with pytest.raises(PeftGpt2Error, match=r"pipeline .*p\.yaml: expands to more than 10,000 values"):
+        load_pipeline(tmp_path / "p.yaml")
+    assert time.perf_counter() - start < 2
