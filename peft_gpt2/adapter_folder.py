@@ -67,8 +67,12 @@ def base_of(path: str | Path) -> str:
     recorded = Provenance.read(path).base_model
     if recorded:
         return recorded
-    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
-    if not config.get("base_model_name_or_path"):
+    file = Path(path) / "adapter_config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise PeftGpt2Error(f"{file}: not valid JSON ({type(err).__name__}); pass --model to name the base") from None
+    if not isinstance(config, dict) or not isinstance(config.get("base_model_name_or_path"), str):
         raise PeftGpt2Error(f"{path}: no base model recorded; pass --model")
     return config["base_model_name_or_path"]
 
@@ -127,9 +131,28 @@ def adapter_tensors(path: str | Path) -> dict:
         try:
             loaded = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)
         except Exception as err:  # safetensors and torch raise their own types for a damaged file
-            raise PeftGpt2Error(f"{file}: not a readable weights file ({type(err).__name__}: {err})") from None
+            raise PeftGpt2Error(f"{file}: not a readable weights file ({load_failure(err)})") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise PeftGpt2Error(f"{file}: not a weights file: it holds a {type(loaded).__name__}, not named tensors")
         tensors.update(loaded)
     return tensors
+
+
+def load_failure(err: Exception) -> str:
+    """One line on why a weights file did not load; for a pickle torch's safe loader refused, the refusal itself.
+
+    torch's message around it advises ``weights_only=False`` or allowlisting, i.e. running the file's code: not
+    repeated here.
+    """
+    text = str(err)
+    if text.startswith("Weights only load failed"):
+        _, marker, after = text.partition("WeightsUnpickler error:")
+        rest = after if marker else text.partition("\n\n")[2]
+        lines = [line.strip() for line in rest.splitlines() if line.strip()]
+        cause = lines[0].split(". Please")[0] if lines and "documentation" not in lines[0] else "not plain tensors"
+        return f"the safe pickle loader refused it: {cause}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "no reason given")
+    return f"{type(err).__name__}: {first}"
 
 
 def check_weights(path: str | Path, base: PreTrainedModel) -> None:

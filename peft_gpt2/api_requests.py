@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from peft_gpt2.generation import MAX_SEED
+from peft_gpt2.generation import MAX_SEED, MIN_TEMPERATURE
 
 MAX_STOP = 4  # stop strings per request, as OpenAI
 MAX_STOP_CHARS = 64  # per stop string: generation decodes its UTF-8 bytes (+1) newest tokens of each row per step
@@ -92,8 +92,8 @@ class CompletionRequest(BaseModel):
     @field_validator("top_p")
     @classmethod
     def _top_p_samples(cls, value: float, info: ValidationInfo) -> float:
-        if value == 0 and info.data.get("temperature", 0) > 0:
-            raise PydanticCustomError("invalid_value", "must be > 0 when sampling (temperature > 0)")
+        if value == 0 and info.data.get("temperature", 0) >= MIN_TEMPERATURE:
+            raise PydanticCustomError("invalid_value", f"must be > 0 when sampling (temperature >= {MIN_TEMPERATURE})")
         return value
 
     @field_validator("prompt", "stop", mode="before")

@@ -3,7 +3,8 @@
     peft-gpt2 train recipes/quickstart.yaml --set train.max_steps=20
 
 Heavy libraries load inside each command, so ``peft-gpt2 --help`` is instant. A mistake the user can
-fix (a ``PeftGpt2Error``) prints one message and exits 2, without a traceback.
+fix (a ``PeftGpt2Error``), or a file the system refuses (an ``OSError``: no permission, disk full, a folder where a
+file should be), prints one message and exits 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -313,12 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error(err: OSError) -> str:
+    """``<file>: <reason>`` (``<file> -> <other>`` for a rename), as ``ls`` or ``cp`` would say it."""
+    files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    reason = err.strerror or " ".join(str(err).split()) or type(err).__name__  # one line
+    return f"{files}: {reason}" if files else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except PeftGpt2Error as err:
         print(f"peft-gpt2: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the system refused a file: unreadable, a folder, disk full; the file and the reason
+        print(f"peft-gpt2: error: {os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("peft-gpt2: interrupted", file=sys.stderr)

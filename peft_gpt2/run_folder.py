@@ -112,7 +112,7 @@ def staged_folder(out: Path, *, overwrite: bool):
     The block writes a complete folder there; a crash never leaves one that looks complete. ``out`` appearing
     while the block ran (another run of the same name) is refused unless ``overwrite``.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield stage
@@ -139,8 +139,31 @@ def publish_folder(src: Path, dst: Path, *, overwrite: bool = True) -> None:
     old = dst.with_name(f".{dst.name}.old-{time.time_ns()}")
     if dst.exists():
         dst.rename(old)
-    src.rename(dst)
+    try:
+        src.rename(dst)
+    except OSError:
+        if old.exists():
+            old.rename(dst)  # the earlier folder stays where it was
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and a file in it (then remove the file): an output that cannot be written fails now, in
+    one line naming the path, not after training."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise PeftGpt2Error(f"cannot write to {folder}: {blocker} is a file, not a folder; choose another output_dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # names the component that could not be made
+        raise PeftGpt2Error(f"cannot create the folder {err.filename or folder}: {err.strerror or err}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PeftGpt2Error(f"cannot write to {folder}: {err.strerror or err}") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -32,7 +32,7 @@ from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import instruction_rows, save_records
 from peft_gpt2.methods import method_label
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
-from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, publish_folder
+from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, check_writable, publish_folder
 from peft_gpt2.scoring import completion_loss, token_loss
 
 if TYPE_CHECKING:
@@ -139,10 +139,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     from peft_gpt2.sft import make_trainer, resolve_precision, trainer_args
 
     # 1. Everything a user can get wrong, before any model is loaded.
-    resume_from = check_output(recipe, overwrite=overwrite, resume=resume)
     ckpt = checkpoint_dir(recipe)
     precision = resolve_precision(recipe.train["precision"])
     args = trainer_args(recipe, ckpt, precision)  # PEFT, TRL and transformers check the values they own
+    resume_from = check_output(recipe, overwrite=overwrite, resume=resume)
     say = PartialState().print  # under torchrun / accelerate launch only the main process reports
     tokenizer = load_tokenizer(recipe.model.name)
     data = training_rows(recipe, tokenizer)
@@ -208,11 +208,13 @@ def distributed_mode(trainer) -> str:
 
 
 def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | None:
-    """Refuse to replace an output or discard an unfinished run by accident; the checkpoint to resume from."""
+    """Refuse to replace an output or discard an unfinished run by accident, or to train a run that cannot be saved;
+    the checkpoint to resume from."""
     if recipe.out_path.exists() and not overwrite:
         raise PeftGpt2Error(
             f"{recipe.out_path} already exists; choose another name (--set name=...) or pass --overwrite"
         )
+    check_writable(recipe.out_path.parent)
     resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
     if resume_from is None:
         discard_checkpoints(recipe)  # leftovers of a run that never wrote a checkpoint, or --overwrite
@@ -258,7 +260,7 @@ def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: P
     process writes and publishes, the others wait for it.
     """
     out = recipe.out_path
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=out.parent))
     try:
         stage = work / "out"

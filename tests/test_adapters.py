@@ -224,6 +224,54 @@ def test_refused_folders(m, pair, tmp_path, tiny_path):
     assert torch.equal(logits(m, "pickled"), logits(m, "A"))
 
 
+class RunsCode:
+    """A pickle that would run a command when unpickled by anything but torch's weights-only loader."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (shutil.copy, (__file__, str(self.marker)))
+
+
+def _damaged(weights, marker) -> dict:
+    def truncated(file):
+        torch.save(weights, file)
+        file.write_bytes(file.read_bytes()[:300])
+
+    return {  # name: (file it is written to, writer, what the one-line error says)
+        "code": (
+            "bin",
+            lambda f: torch.save({**weights, "x": RunsCode(marker)}, f),
+            "refused it: Unsupported global: GLOBAL shutil.copy",
+        ),
+        "garbage": ("bin", lambda f: f.write_bytes(b"\x80\x04garbage"), "refused it: Unsupported operand"),
+        "truncated": ("bin", truncated, "not a readable weights file"),
+        "a list": ("bin", lambda f: torch.save(list(weights.values()), f), "it holds a list, not named tensors"),
+        "half safetensors": ("safetensors", lambda f: f.write_bytes(f.read_bytes()[:200]), "SafetensorError"),
+    }
+
+
+@pytest.mark.parametrize("case", ["code", "garbage", "truncated", "a list", "half safetensors"])
+def test_weights_refused_even_with_allow_pickle_are_one_line(pair, tmp_path, tiny, case):
+    """--allow-pickle lets torch's weights-only loader read a .bin; what it refuses, and damaged files, are one line
+    naming the file (before: torch's message over five lines, advising weights_only=False, i.e. running the code)."""
+    from safetensors.torch import load_file
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "adapter"
+    shutil.copytree(pair["A"], folder)
+    suffix, write, message = _damaged(load_file(folder / "adapter_model.safetensors"), marker)[case]
+    if suffix == "bin":
+        (folder / "adapter_model.safetensors").unlink()
+    write(folder / f"adapter_model.{suffix}")
+    with pytest.raises(PeftGpt2Error) as err:
+        attach(tiny[0], folder, "x", allow_pickle=True)
+    assert str(err.value).startswith(f"{folder / f'adapter_model.{suffix}'}: not a")
+    assert message in str(err.value) and "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "base", "__base__", "default", "", "x.y", "-a", "a" * 65, None])
 def test_bad_names(m, pair, name):
     with pytest.raises(PeftGpt2Error, match="bad adapter name"):
@@ -352,3 +400,14 @@ def test_an_adapter_may_only_change_itself(m, pair, tmp_path, change, message):
     model, _ = models.load_base("tiny-gpt2")
     with pytest.raises(PeftGpt2Error, match=message):  # the same check for eval, compare, merge, chat and serve
         attach(model, tampered(pair, tmp_path, "bad2", change), "x")
+
+
+@pytest.mark.parametrize(("config", "message"), [("{", "not valid JSON"), ("[1]", "no base model recorded")])
+def test_an_unreadable_adapter_config_names_the_file(tmp_path, config, message):
+    """``base_of`` reads PEFT's record when the run has no peft_gpt2.json: a JSONDecodeError traceback before."""
+    from peft_gpt2.adapter_folder import base_of
+
+    (tmp_path / "adapter_config.json").write_text(config)
+    with pytest.raises(PeftGpt2Error, match=message) as err:
+        base_of(tmp_path)
+    assert str(tmp_path) in str(err.value) and "pass --model" in str(err.value)

@@ -363,9 +363,10 @@ def test_extreme_values_are_4xx_naming_the_field(http, field, value, status):
 
 
 def test_a_tiny_temperature_is_greedy(http, expected):
-    """Sampling at 1e-230 divided the logits into infinities: NaN probabilities, a 500 (found by the fuzz test)."""
-    for temperature in (1e-230, 9e-6):
-        reply = http.post("/v1/completions", json=body(temperature=temperature, seed=3))
+    """Sampling at 1e-230 divided the logits into infinities: NaN probabilities, a 500 (found by the fuzz test).
+    Greedy, it takes top_p=0 as greedy does."""
+    for temperature, top_p in [(1e-230, 1), (9e-6, 0.5), (9e-6, 0)]:
+        reply = http.post("/v1/completions", json=body(temperature=temperature, seed=3, top_p=top_p))
         assert [c["text"] for c in reply.json()["choices"]] == [expected["A", PROMPTS[0]].text], reply.text
 
 
