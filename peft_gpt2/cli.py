@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.errors import PeftGpt2Error, os_error
 
 
 def _quiet_loading_bars() -> None:
@@ -312,13 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", default=[], metavar="VARIANT", help="train a variant again ('all')")
     p.set_defaults(run=_pipeline)
     return parser
-
-
-def os_error(err: OSError) -> str:
-    """``<file>: <reason>`` (``<file> -> <other>`` for a rename), as ``ls`` or ``cp`` would say it."""
-    files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
-    reason = err.strerror or " ".join(str(err).split()) or type(err).__name__  # one line
-    return f"{files}: {reason}" if files else reason
 
 
 def main(argv: list[str] | None = None) -> int:
