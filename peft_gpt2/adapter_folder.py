@@ -70,7 +70,7 @@ def base_of(path: str | Path) -> str:
     file = Path(path) / "adapter_config.json"
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # malformed, not UTF-8, nested past the stack, 4300+ digits
         raise PeftGpt2Error(f"{file}: not valid JSON ({type(err).__name__}); pass --model to name the base") from None
     if not isinstance(config, dict) or not isinstance(config.get("base_model_name_or_path"), str):
         raise PeftGpt2Error(f"{path}: no base model recorded; pass --model")

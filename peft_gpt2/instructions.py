@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.sources import read_source
-from peft_gpt2.templates import get_template, tokenize_pairs
+from peft_gpt2.templates import TokenizedPairs, get_template, tokenize_pairs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -153,14 +153,34 @@ def instruction_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Instr
 
 
 def rows_from_splits(splits: Splits, d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
-    """Train and validation records rendered to pairs and checked; test records kept as they are."""
+    """Train and validation records rendered to pairs, checked and tokenized once; test records kept as they are."""
     template = get_template(d.template)
     stats = dict(splits.stats)
     kept = {}
     for name, records in (("train", splits.train), ("validation", splits.validation)):
         pairs = tokenize_pairs([template.render(r) for r in records], tokenizer, d.max_length, d.overlong, name)
-        kept[name] = pairs.pairs
+        kept[name] = with_token_ids(pairs, tokenizer, d.max_length)
         stats.update({f"{name}_overlong_truncated": pairs.truncated, f"{name}_overlong_dropped": pairs.dropped})
     if not kept["train"]:
         raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
     return InstructionRows(kept["train"], kept["validation"], splits.test, stats)
+
+
+def with_token_ids(kept: TokenizedPairs, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
+    """The pairs, each with the tokens TRL would make of it, so TRL does not tokenize every example a second time.
+
+    ``input_ids`` is prompt + completion + eos (TRL adds none to a completion already ending in it), cut at
+    ``max_length``; ``completion_mask`` marks the completion. A tokenizer that adds special tokens (a BOS) makes
+    other ids in TRL, which calls it with its defaults: checked on the first pair, and then the pairs go bare.
+    """
+    eos, rows = tokenizer.eos_token, []
+    for pair, prompt, full in zip(kept.pairs, kept.prompt_ids, kept.full_ids, strict=True):
+        ids = full + ([] if pair["completion"].endswith(eos) else [tokenizer.eos_token_id])
+        mask = [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+        rows.append({**pair, "input_ids": ids[:max_length], "completion_mask": mask[:max_length]})
+    if rows:
+        first = rows[0]["prompt"] + rows[0]["completion"]
+        trl_ids = tokenizer(text=first if first.endswith(eos) else first + eos)["input_ids"]
+        if trl_ids[:max_length] != rows[0]["input_ids"]:
+            return kept.pairs
+    return rows

@@ -93,7 +93,7 @@ def _stage(raw: object, where: str) -> Stage:
             raise PeftGpt2Error(f"{where}: merge needs adapter and out, each a folder")
         return Stage(raw["name"], kind, {k: raw["merge"].get(k) for k in ("adapter", "out", "model")})
     spec = {"name": raw["name"], **raw["compare"]}
-    if not isinstance(spec.get("runs"), list) or not spec["runs"]:
+    if not isinstance(spec.get("runs"), list) or not spec["runs"] or not all(isinstance(r, str) for r in spec["runs"]):
         raise PeftGpt2Error(f"{where}: compare needs runs: a list of run folders or train stage names")
     try:
         decoding(spec)

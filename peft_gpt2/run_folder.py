@@ -15,12 +15,15 @@ import os
 import shutil
 import tempfile
 import time
+import types
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.sources import unreadable
 from peft_gpt2.templates import DEFAULT_TEMPLATE
 
 PROVENANCE = "peft_gpt2.json"  # the provenance record
@@ -79,15 +82,17 @@ class Provenance:
             return cls(created="")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PeftGpt2Error(f"{file}: not valid JSON ({err})") from None
+        except (ValueError, RecursionError) as err:  # malformed, not UTF-8, nested past the stack, 4300+ digits
+            raise PeftGpt2Error(f"{file}: not valid JSON ({unreadable(err)})") from None
         if not isinstance(data, dict):
             raise PeftGpt2Error(f"{file}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in known and v is not None})
-        if not isinstance(record.template, str):
-            raise PeftGpt2Error(f"{file}: template must be a template name, got {record.template!r}")
-        return record
+        hints = typing.get_type_hints(cls)
+        record = {k: v for k, v in data.items() if k in hints and v is not None}
+        for key, value in record.items():  # a folder from elsewhere: a wrong type would fail far from here
+            if not isinstance(value, kinds := _json_types(hints[key])) or isinstance(value, bool) != (bool in kinds):
+                wanted = " or ".join(k.__name__ for k in kinds)
+                raise PeftGpt2Error(f"{file}: {key} must be {wanted}, got {value!r:.60}")
+        return cls(**record)
 
     def write(self, folder: str | Path) -> Path:
         """Write ``peft_gpt2.json`` into ``folder`` (atomically)."""
@@ -97,6 +102,13 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON types a field's annotation allows: ``float | None`` -> float or int, ``dict[str, Any]`` -> dict."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    kinds = tuple(typing.get_origin(t) or t for t in options if t is not type(None))
+    return kinds + ((int,) if float in kinds else ())
 
 
 def held_out_records(folder: str | Path) -> Path | None:

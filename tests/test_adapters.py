@@ -411,3 +411,23 @@ def test_an_unreadable_adapter_config_names_the_file(tmp_path, config, message):
     with pytest.raises(PeftGpt2Error, match=message) as err:
         base_of(tmp_path)
     assert str(tmp_path) in str(err.value) and "pass --model" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ("[" * 100_000, "not valid JSON (nested too deeply)"),
+        ('{"train_steps": ' + "9" * 5000 + "}", "not valid JSON (Exceeds the limit (4300 digits)"),
+        ('{"recipe": "x"}', "recipe must be dict, got 'x'"),  # an AttributeError in eval/compare before
+        ('{"template": 3}', "template must be str, got 3"),
+        ('{"train_steps": true}', "train_steps must be int, got True"),
+    ],
+)
+def test_a_hostile_provenance_record_is_refused_naming_the_file(tmp_path, record, message):
+    """A run folder from elsewhere: its peft_gpt2.json is read before anything loads, and read as untrusted."""
+    (tmp_path / "peft_gpt2.json").write_text(record)
+    with pytest.raises(PeftGpt2Error, match="peft_gpt2.json: ") as err:
+        Provenance.read(tmp_path)
+    assert message in str(err.value)
+    (tmp_path / "peft_gpt2.json").write_text('{"train_time_s": 3, "recipe": {}, "unknown": [1], "template": null}')
+    assert Provenance.read(tmp_path).train_time_s == 3 and Provenance.read(tmp_path).template == "alpaca"

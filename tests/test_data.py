@@ -112,7 +112,7 @@ def test_instruction_rows_apply_the_overlong_policy_and_count_it(tmp_path, gpt2_
 
     rows = instruction_rows(DataConfig(**config), gpt2_tokenizer)
     assert len(rows.train) + len(rows.validation) == 9 and rows.test == []
-    assert set(rows.train[0]) == {"prompt", "completion"}
+    assert set(rows.train[0]) == {"prompt", "completion", "input_ids", "completion_mask"}  # TRL's, made once
     assert (counts(rows.stats, "truncated"), counts(rows.stats, "dropped")) == (3, 1)
     assert (rows.stats["train"], rows.stats["validation"]) == (6, 4)  # records per split, before the policy
 

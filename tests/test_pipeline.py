@@ -104,6 +104,7 @@ def test_every_stage_is_checked_before_any_runs(tmp_path, tiny_path, setting, me
         ([{"name": "a", "merge": {"adapter": "x"}}], "merge needs adapter and out"),
         ([{"name": "a", "compare": ["x"]}], "compare must be a mapping, got list"),
         ([{"name": "a", "compare": {"runs": "adapters/x"}}], "compare needs runs: a list of run folders"),
+        ([{"name": "a", "compare": {"runs": [{"x": 1}]}}], "compare needs runs: a list of run folders"),
     ],
 )
 def test_bad_pipelines(tmp_path, stages, message):

@@ -185,6 +185,65 @@ def test_overlong_examples_are_counted(gpt2_tokenizer):
     assert kept.pairs == pairs[:1] and (kept.truncated, kept.dropped) == (0, 2)
 
 
+def test_rows_carry_the_ids_trl_would_make(tmp_path, tiny):
+    """TRL skips tokenizing rows that come with input_ids (100,000 records: a minute of it): ours must be the ids and
+    labels it makes of the bare pairs, incl. a truncated row and a completion that already ends in eos."""
+    from peft_gpt2.instructions import instruction_rows
+
+    model, tokenizer = tiny
+    records = addition_records(20) + [
+        {"instruction": "Count.", "input": "", "output": " ".join(str(i) for i in range(40))},
+        {"instruction": "Stop.", "input": "", "output": "done<|endoftext|>"},
+    ]
+    recipe = make_recipe(
+        tmp_path, "method=full", "data.split=[1.0, 0.0, 0.0]", records=records, data={"max_length": 32}
+    )
+    rows = instruction_rows(recipe.data, tokenizer).train
+    assert len(rows) == 22 and all(len(r["input_ids"]) == len(r["completion_mask"]) <= 32 for r in rows)
+    bare = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    ours, theirs = (toy_trainer(recipe, model, tokenizer, x, tmp_path).train_dataset for x in (rows, bare))
+    assert ours["input_ids"] == theirs["input_ids"] and ours["labels"] == theirs["labels"]
+
+
+def test_a_tokenizer_that_adds_a_bos_leaves_tokenizing_to_trl(tmp_path, gpt2_tokenizer):
+    """TRL tokenizes with the tokenizer's special tokens, our pairs without: such rows go to TRL bare, as before."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    from peft_gpt2.instructions import instruction_rows
+
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    bos = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tokenizer.eos_token_id)])
+    tokenizer._tokenizer.post_processor = bos
+    recipe = make_recipe(tmp_path)
+    assert set(instruction_rows(recipe.data, gpt2_tokenizer).train[0]) == {
+        "prompt",
+        "completion",
+        "input_ids",
+        "completion_mask",
+    }
+    assert set(instruction_rows(recipe.data, tokenizer).train[0]) == {"prompt", "completion"}
+
+
+def test_validation_loss_reports_its_progress_and_equals_one_pass(tmp_path, tiny, monkeypatch):
+    """A long validation pass says how far it is (10,000 rows: minutes on a CPU); the parts add up to one pass."""
+    from peft_gpt2 import train as train_module
+    from peft_gpt2.instructions import instruction_rows
+    from peft_gpt2.scoring import completion_loss
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(train_module, "VALIDATION_PART_ROWS", 8)
+    recipe = make_recipe(tmp_path, "data.split=[0.5, 0.5, 0.0]", records=addition_records(60))
+    rows = instruction_rows(recipe.data, tokenizer).validation
+    lines = []
+    loss = train_module.validation_loss(recipe, model, tokenizer, rows, lambda line, flush: lines.append(line), "now")
+    assert len(rows) == 30
+    assert [line.split(" (")[0] for line in lines[:3]] == [f"validation loss now: {k} of 30 rows" for k in (8, 16, 24)]
+    assert len(lines) == 4 and lines[3].startswith(f"validation loss now: {loss:.4f} on 30 rows (")
+    assert loss == pytest.approx(completion_loss(model, tokenizer, rows, max_length=64)["loss"], rel=1e-6)
+
+
 def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path):
     """GPT-2 small, r=8 on c_attn: r * (768 + 2304) * 12 trainable parameters."""
     from peft import get_peft_model
