@@ -102,6 +102,7 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=lambda: dict(TRAIN_DEFAULTS))  # SFTConfig keyword arguments
     # How eval/compare decode this run's answers unless the command line says otherwise (GenerationSettings keys)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    show_examples: int = 0  # after training, print this many test records answered by the base and the trained model
 
     def __post_init__(self) -> None:
         if self.method == "lora-8bit":  # the method name before quantization was a property of the base
@@ -113,6 +114,7 @@ class Recipe:
             "name",
             f"must be a plain folder name, got {self.name!r}",
         )
+        _check(self.show_examples >= 0, "show_examples", f"must be >= 0, got {self.show_examples}")
         quantized = self.method != "full" or self.model.quantization is None
         _check(quantized, "model.quantization", "needs an adapter method: a quantized base cannot be trained itself")
         lora_plus = self.method == "lora" or self.train.get("loraplus_lr_ratio") is None

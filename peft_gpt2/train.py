@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peft_gpt2.before_after import BeforeAfter
 from peft_gpt2.checkpoints import StopOnNonFinite, checkpoint_dir, discard_checkpoints, resume_point
 from peft_gpt2.corpus import corpus_rows
 from peft_gpt2.data_to_text import data_to_text_rows
@@ -220,6 +221,8 @@ def train_between_validations(
 ) -> tuple:
     """``trainer.train()`` (from ``resume_from``), its seconds, and the validation loss before and after it."""
     val_before = validation_loss(recipe, trainer.model, tokenizer, data.validation, say, "before training")
+    examples = BeforeAfter.of(recipe, data.test)
+    examples.before_training(trainer.model, tokenizer)
     start = time.perf_counter()
     say(f"resuming from {resume_from}" if resume_from else "training", flush=True)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -231,6 +234,9 @@ def train_between_validations(
             f"(perplexity {math.exp(val_before):.2f} -> {math.exp(val_after):.2f})",
             flush=True,
         )
+    examples.after_training(trainer.model, tokenizer)
+    if examples.records:
+        say("\n".join(examples.lines()), flush=True)
     return result, train_time, val_before, val_after
 
 
