@@ -47,41 +47,82 @@ def config_class(method: str) -> type[PeftConfig]:
     return getattr(peft, CONFIGS[method])
 
 
-def default_targets(method: str, model: PreTrainedModel) -> list[str]:
-    """PEFT's per-architecture targets for ``method`` (GPT-2 LoRA: ``c_attn``; IA3: ``c_attn``, ``mlp.c_proj``)."""
+def default_targets(method: str, model_type: str) -> list[str] | None:
+    """PEFT's per-architecture targets for ``method`` (GPT-2 LoRA: ``c_attn``; Llama: ``q_proj``, ``v_proj``)."""
     from peft.utils import constants
 
     table = getattr(constants, f"TRANSFORMERS_MODELS_TO_{method.upper()}_TARGET_MODULES_MAPPING")
+    return list(table[model_type]) if model_type in table else None
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The distinct last names of the layers ``all-linear`` would adapt (Linear and Conv1D, not the LM head)."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = [n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not head]
+    return list(dict.fromkeys(names))
+
+
+def _fix(method: str, model: nn.Module) -> str:
     model_type = model.config.model_type
-    if model_type not in table:
-        raise PeftGpt2Error(f"no default {method} targets for model type {model_type!r}: set {method}.target_modules")
-    return list(table[model_type])
+    default = default_targets(method, model_type)
+    null = f"null (PEFT's default for {model_type}: {', '.join(default)}), " if default else ""
+    return f"use all-linear, {null}or names such as {', '.join(layer_names(model)[:8])}"
+
+
+def _absent(targets: list[str], names: list[str]) -> list[str]:
+    """The targets no module name matches, by PEFT's rule for a list: the full name, or ending with "." + target."""
+    return [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+
+
+def module_options(method: str, options: dict, model: nn.Module) -> dict:
+    """``options`` with the layers to wrap made explicit for ``model`` (loaded, or built on the meta device by
+    ``architectures.check_targets`` before anything loads): PEFT's default targets for a null ``target_modules``,
+    ``fan_in_fan_out`` from the layers' type (GPT-2's Conv1D), IA3's feed-forward layers among the targets. A
+    name that matches no layer fails with the spellings that would."""
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+    from transformers.pytorch_utils import Conv1D
+
+    options, model_type = dict(options), model.config.model_type
+    targets = options.get("target_modules")
+    if targets is None and (targets := default_targets(method, model_type)) is None:
+        raise PeftGpt2Error(f"{method}.target_modules: PEFT has no default for {model_type}; {_fix(method, model)}")
+    targets = targets if isinstance(targets, str) else list(targets)  # a string: all-linear, or PEFT's regex
+    probe = {**options, "target_modules": targets} | ({"feedforward_modules": None} if method == "ia3" else {})
+    config = _maybe_include_all_linear_layers(library_config(method, probe), model)  # Linear, Conv1D; not the head
+    matched = {n: m for n, m in model.named_modules() if n and check_target_module_exists(config, n)}
+    missing = _absent(targets, list(matched)) if isinstance(targets, list) else [] if matched else [targets]
+    if missing:
+        raise PeftGpt2Error(f"{method}.target_modules {missing} match no module of {model_type}; {_fix(method, model)}")
+    conv1d = {isinstance(m, Conv1D) for m in matched.values()}
+    if len(conv1d) > 1:
+        raise PeftGpt2Error(f"{method}.target_modules {targets} mix Conv1D and Linear layers; target one kind")
+    options.update(target_modules=targets, fan_in_fan_out=conv1d.pop())
+    if method == "ia3":
+        options["feedforward_modules"] = feedforward(options.get("feedforward_modules"), targets, matched, model)
+    return options
+
+
+def feedforward(names: list[str] | str | None, targets: list[str] | str, matched: dict, model: nn.Module):
+    """IA3's feed-forward layers: PEFT's for the architecture among the targets when null, else checked to exist."""
+    if names is None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+
+        table = FEEDFORWARD.get(model.config.model_type, [])
+        if isinstance(targets, list):  # PeftConfig wants them a subset of the listed targets
+            return [t for t in table if t in targets]
+        return [t for t in table if not _absent([t], list(matched))]
+    if isinstance(names, list) and (missing := _absent(names, [n for n, _ in model.named_modules()])):
+        raise PeftGpt2Error(f"ia3.feedforward_modules {missing} match no module of {model.config.model_type}")
+    return names
 
 
 def adapter_config(method: str, options: dict, model: PreTrainedModel) -> PeftConfig:
     """``CONFIGS[method](**options)`` for ``model``: default targets, Conv1D handling, refusals that name the key."""
-    from transformers.pytorch_utils import Conv1D
-
-    options = dict(options)
     if method in LAYER_METHODS:
-        targets = options.get("target_modules") or default_targets(method, model)
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        # PEFT's rule for a list: a module's full name is the target or ends with "." + target
-        matched = [m for n, m in model.named_modules() if any(n == t or n.endswith(f".{t}") for t in targets)]
-        if not matched:
-            leaves = sorted({n.split(".")[-1] for n, _ in model.named_modules() if n})[:12]
-            raise PeftGpt2Error(
-                f"{method}.target_modules {targets} match no module of {model.config.model_type}; leaf names "
-                f"include {leaves}; or set {method}.target_modules: null for PEFT's default"
-            )
-        conv1d = {isinstance(m, Conv1D) for m in matched}
-        if len(conv1d) > 1:
-            raise PeftGpt2Error(f"{method}.target_modules {targets} mix Conv1D and Linear layers; target one kind")
-        options.update(target_modules=targets, fan_in_fan_out=conv1d.pop())
-        if method == "ia3" and options.get("feedforward_modules") is None:  # PEFT's, among these targets
-            from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
-
-            options["feedforward_modules"] = [t for t in FEEDFORWARD.get(model.config.model_type, []) if t in targets]
+        options = module_options(method, options, model)
     return library_config(method, options)
 
 

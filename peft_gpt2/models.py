@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,7 +82,7 @@ def _build_tiny_gpt2(out: Path) -> None:
     shutil.rmtree(tok_dir)
 
 
-def _gguf_folder(gguf: Path) -> Path:
+def gguf_folder(gguf: Path) -> Path:
     """A cache folder keyed by the GGUF file's name, size and modification time."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -129,12 +130,12 @@ def resolve_model(name: str) -> str:
         return str(_materialize(cache_dir() / f"tiny-gpt2-{key}", _build_tiny_gpt2))  # rebuilt if the recipe changes
     if name == "smollm2-135m":
         gguf = smollm2_gguf()
-        return str(_materialize(_gguf_folder(gguf), _build_from_gguf(gguf)))
+        return str(_materialize(gguf_folder(gguf), _build_from_gguf(gguf)))
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
             raise PeftGpt2Error(f"model file {name} does not exist")
-        return str(_materialize(_gguf_folder(path), _build_from_gguf(path)))
+        return str(_materialize(gguf_folder(path), _build_from_gguf(path)))
     if path.is_dir():
         if not (path / "config.json").exists():
             raise PeftGpt2Error(f"model folder {name} has no config.json; is it a transformers model folder?")
@@ -142,6 +143,25 @@ def resolve_model(name: str) -> str:
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise PeftGpt2Error(f"model {name!r} is neither a model folder nor a .gguf file")
     return name  # a hub id such as "gpt2" or "openai-community/gpt2-medium"
+
+
+def say_if_random(source: str) -> None:
+    """Tell the user, once per process on stderr, that the ``tiny-gpt2`` preset (also as the folder an adapter
+    trained on it records) has random weights: its answers are noise, not a sign that training failed."""
+    global _SAID_RANDOM
+    folder = Path(source).expanduser().resolve()
+    if _SAID_RANDOM or not (folder.name.startswith("tiny-gpt2-") and folder.parent == cache_dir().resolve()):
+        return
+    _SAID_RANDOM = True
+    print(
+        "note: tiny-gpt2 is a random-weight test model: its answers are noise; "
+        "use smollm2-135m (offline) or gpt2 for real answers",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+_SAID_RANDOM = False
 
 
 def _hub_error(name: str, err: Exception) -> PeftGpt2Error:
@@ -199,6 +219,7 @@ def load_base(
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(name)
+    say_if_random(source)
     kwargs: dict = {"dtype": getattr(torch, dtype) if dtype else torch.float32}
     quantization = "8bit" if load_in_8bit else quantization
     if quantization is not None:

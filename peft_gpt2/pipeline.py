@@ -77,6 +77,7 @@ def _stage(raw: object, where: str) -> Stage:
     if unknown:
         raise PeftGpt2Error(f"{where}: unknown keys {sorted(unknown)} for a {kind} stage")
     if kind == "train":
+        from peft_gpt2.architectures import check_targets
         from peft_gpt2.checkpoints import checkpoint_dir
         from peft_gpt2.sft import resolve_precision, trainer_args
 
@@ -85,6 +86,7 @@ def _stage(raw: object, where: str) -> Stage:
             raise PeftGpt2Error(f"{where}: train is a recipe file; set, a list of key=value strings")
         recipe = load_recipe(raw["train"], list(settings))
         trainer_args(recipe, checkpoint_dir(recipe), resolve_precision(recipe.train["precision"]))
+        check_targets(recipe)  # layer names against the architecture, before any stage runs
         return Stage(raw["name"], kind, spec, recipe)
     if not isinstance(raw[kind], dict):
         raise PeftGpt2Error(f"{where}: {kind} must be a mapping, got {type(raw[kind]).__name__}")

@@ -161,6 +161,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     """
     from accelerate import PartialState
 
+    from peft_gpt2.architectures import check_targets
     from peft_gpt2.models import load_tokenizer
     from peft_gpt2.sft import make_trainer, resolve_precision, trainer_args
 
@@ -168,6 +169,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     ckpt = checkpoint_dir(recipe)
     precision = resolve_precision(recipe.train["precision"])
     args = trainer_args(recipe, ckpt, precision)  # PEFT, TRL and transformers check the values they own
+    check_targets(recipe)  # layer names against the architecture, from its config on the meta device
     resume_from = check_output(recipe, overwrite=overwrite, resume=resume)
     say = PartialState().print  # under torchrun / accelerate launch only the main process reports
     say(f"data: reading, checking and tokenizing {recipe.data.path}", flush=True)

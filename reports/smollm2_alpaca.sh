@@ -3,6 +3,8 @@
 # base vs LoRA vs LoRA-8bit vs full fine-tune, 300 Alpaca records, one epoch each, on CPU.
 #   bash reports/smollm2_alpaca.sh [alpaca.json]   # default: data/alpaca_5000.json, shipped with the repo
 set -euo pipefail
+# lora.target_modules=null: LoRA on PEFT's default for Llama, q_proj and v_proj, as in the committed report; drop it
+# for the recipes' all-linear (every linear layer of SmolLM2: q/k/v/o_proj, gate/up/down_proj).
 data=${1:-data/alpaca_5000.json}
 common=(--set model.name=smollm2-135m --set "data.path=$data" --set data.limit=300 --set data.max_length=256
         --set lora.target_modules=null --set train.num_train_epochs=1 --set train.per_device_train_batch_size=8

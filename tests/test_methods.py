@@ -273,3 +273,33 @@ def test_an_adapter_that_would_rewrite_the_base_is_refused(tmp_path, tiny):
         m.add("pissa", make_adapter(tmp_path, "pissa", 2))
     after = {k: v for k, v in m.model.get_base_model().state_dict().items() if "lora_" not in k}
     assert m.names == ["lora"] and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def wrapped(model, config) -> set[str]:
+    """The full names of the layers PEFT wraps for ``config``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    peft_model = get_peft_model(model, config)
+    return {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if isinstance(m, BaseTunerLayer)}
+
+
+def test_all_linear_on_gpt2_is_its_three_conv1d_layers_not_the_head(tiny_path):
+    """The recipes' ``all-linear`` adapts exactly what ``[c_attn, c_proj, c_fc]`` did on GPT-2 (Conv1D included,
+    the tied LM head excluded), so runs of the old spelling reproduce."""
+    model = models.load_base(tiny_path)[0]
+    named = wrapped(model, adapter_config("lora", {"target_modules": ["c_attn", "c_proj", "c_fc"]}, model))
+    model = models.load_base(tiny_path)[0]
+    config = adapter_config("lora", {"target_modules": "all-linear"}, model)
+    assert config.fan_in_fan_out is True
+    assert wrapped(model, config) == named and len(named) == 8 and not any("lm_head" in n for n in named)
+
+
+def test_all_linear_on_llama_is_every_projection_not_the_head():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100)
+    model = LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=2))
+    config = adapter_config("lora", {"target_modules": "all-linear"}, model)
+    leaves = {n.split(".")[-1] for n in wrapped(model, config)}
+    assert config.fan_in_fan_out is False
+    assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -114,3 +114,19 @@ def test_quantized_bases_run_here(quantization):
 def test_unknown_quantization_is_refused():
     with pytest.raises(PeftGpt2Error, match="quantization must be one of"):
         load_base("tiny-gpt2", quantization="3bit")
+
+
+def test_tiny_preset_says_once_on_stderr_that_its_weights_are_random(tiny_path, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from peft_gpt2 import models
+
+    copy = shutil.copytree(tiny_path, tmp_path / "mine")  # a user's own folder says nothing
+    monkeypatch.setattr(models, "_SAID_RANDOM", False)
+    load_base(str(copy))
+    assert "random-weight" not in capsys.readouterr().err
+    load_base("tiny-gpt2")
+    load_base(tiny_path)  # as an adapter trained on it records its base: the same folder, said once per process
+    err = capsys.readouterr().err
+    assert err.count("tiny-gpt2 is a random-weight test model: its answers are noise") == 1
+    assert "use smollm2-135m (offline) or gpt2 for real answers" in err
