@@ -74,14 +74,11 @@ def train_recipes(path):
     return [(path.stem, load_recipe(path))]
 
 
-# The lead rewrites quickstart.yaml (GPT-2's names today): this mark fails, strict, once it fits Llama; delete it then.
-QUICKSTART_ON_LLAMA = pytest.mark.xfail(strict=True, reason="quickstart.yaml still lists GPT-2's layer names")
 CELLS = [
     pytest.param(
         path,
         preset,
         id=f"{path.relative_to(REPO / 'recipes')}-{preset}",
-        marks=(QUICKSTART_ON_LLAMA if (path.name, preset) == ("quickstart.yaml", "smollm2-135m") else ()),
     )
     for path in SHIPPED
     for preset in PRESETS
