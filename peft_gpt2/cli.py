@@ -2,9 +2,11 @@
 
     peft-gpt2 train recipes/quickstart.yaml --set train.max_steps=20
 
-Heavy libraries load inside each command, so ``peft-gpt2 --help`` is instant. A mistake the user can
-fix (a ``PeftGpt2Error``), or a file the system refuses (an ``OSError``: no permission, disk full, a folder where a
-file should be), prints one message and exits 2, without a traceback.
+Heavy libraries load inside each command, after every check that needs none of them (``preflight``), so
+``peft-gpt2 --help`` and a refusal are instant. A mistake the user can fix (a ``PeftGpt2Error``), or a file the
+system refuses (an ``OSError``: no permission, disk full, a folder where a file should be), prints one message and
+exits 2, without a traceback. Library warnings that say nothing to our user are silenced (``quiet``;
+``--verbose`` shows them).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 import os
 import sys
 
+from peft_gpt2.cli_flags import GENERATION_FLAGS, _add_generation_args, _add_trust_args, named_adapters, unknown_command
 from peft_gpt2.errors import PeftGpt2Error, os_error
+from peft_gpt2.quiet import quiet_libraries
 
 
 def _quiet_loading_bars() -> None:
@@ -26,9 +30,11 @@ def _quiet_loading_bars() -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from peft_gpt2.preflight import check_train
     from peft_gpt2.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.set)  # fails fast, before the heavy imports
+    check_train(args.recipe, args.set, overwrite=args.overwrite)  # output folder, data path: before any library
+    recipe = load_recipe(args.recipe, args.set)  # the train and method sections import TRL and PEFT to check keys
     _quiet_loading_bars()
     from peft_gpt2.train import train
 
@@ -122,21 +128,6 @@ def _compare(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-def named_adapters(specs: list[str]) -> dict[str, str]:
-    """``--adapter NAME=DIR`` (or just ``DIR``, named after the folder) -> ``{name: dir}``."""
-    from pathlib import Path
-
-    adapters: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).name.replace(".", "-"), spec
-        if name in adapters:
-            raise PeftGpt2Error(f"adapter name {name!r} given twice")
-        adapters[name] = path
-    return adapters
-
-
 def _chat(args: argparse.Namespace) -> None:
     from peft_gpt2.chat import chat_main
 
@@ -187,40 +178,6 @@ def _pipeline(args: argparse.Namespace) -> None:
     run_pipeline(args.pipeline, rerun=args.rerun)
 
 
-def _add_trust_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true", help="skip the adapter/base fingerprint check")
-    p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
-
-
-GENERATION_FLAGS = (
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "num_beams",
-    "length_penalty",
-    "no_repeat_ngram_size",
-    "batch_size",
-    "seed",
-)
-
-
-def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("generation")
-    g.description = "unset flags: the run's recorded generation section, else these defaults"
-    g.add_argument("--max-new-tokens", type=int, help="default 128")
-    g.add_argument("--temperature", type=float, help="0 = greedy (default); > 0 samples")
-    g.add_argument("--top-k", type=int, help="default 50")
-    g.add_argument("--top-p", type=float, help="default 1.0")
-    g.add_argument("--repetition-penalty", type=float, help="default 1.0")
-    g.add_argument("--num-beams", type=int, help="> 1: beam search (the LoRA paper's E2E: 10); default 1")
-    g.add_argument("--length-penalty", type=float, help="beam score / length**this (paper: 0.8); default 1.0")
-    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeated n-grams (paper: 4); default 0")
-    g.add_argument("--batch-size", type=int, help="prompts per generate call; default 64")
-    g.add_argument("--seed", type=int, help="seed for sampling")
-
-
 def _add_scoring_commands(commands) -> None:
     p = commands.add_parser("eval", help="score one model (+ adapter) on a QA or instruction file")
     p.add_argument("--model", help="base model (default: the adapter's recorded base)")
@@ -234,7 +191,7 @@ def _add_scoring_commands(commands) -> None:
     _add_generation_args(p)
     p.set_defaults(run=_eval)
 
-    p = commands.add_parser("compare", help="base vs full vs LoRA runs: one table, Markdown/JSON/CSV and a chart")
+    p = commands.add_parser("compare", help="base vs full vs LoRA runs: a table, Markdown/JSON/CSV, a chart")
     p.add_argument("runs", nargs="+", help="adapter or full-model folders from peft-gpt2 train")
     p.add_argument("--data", action="append", help="evaluation file (repeatable); 'test' = the runs' test split")
     p.add_argument("--base", help="base model (default: the one the runs record)")
@@ -266,7 +223,7 @@ def _add_serving_commands(commands) -> None:
     _add_trust_args(p)
     p.set_defaults(run=_merge)
 
-    p = commands.add_parser("serve", help="OpenAI-compatible HTTP server: one base, adapters picked per request")
+    p = commands.add_parser("serve", help="OpenAI-compatible server: one base, adapters picked per request")
     p.add_argument("--model", help="base model (default: the first adapter's recorded base)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="adapter to serve (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -285,8 +242,9 @@ def _add_serving_commands(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-gpt2", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="peft-gpt2", description="Fine-tune, compare and serve GPT-2 adapters.")
+    parser.add_argument("--verbose", action="store_true", help="show the library warnings peft-gpt2 hides")
+    commands = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a full fine-tune or LoRA adapter from a YAML recipe")
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
@@ -303,19 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_scoring_commands(commands)
     _add_serving_commands(commands)
-    p = commands.add_parser("pipeline", help="run train/merge/compare stages from one YAML; finished stages skip")
+    p = commands.add_parser("pipeline", help="run train/merge/compare stages from a YAML; finished ones skip")
     p.add_argument("pipeline", help="pipeline YAML, e.g. recipes/pipelines/e2e_smollm2.yaml")
     p.add_argument("--rerun", action="append", default=[], metavar="STAGE", help="run a finished stage again ('all')")
     p.set_defaults(run=_pipeline)
-    p = commands.add_parser("sweep", help="train variants of one recipe and compare them in one report (a pipeline)")
+    p = commands.add_parser("sweep", help="train variants of one recipe, compare them in one report")
     p.add_argument("pipeline", metavar="sweep", help="sweep YAML, e.g. recipes/sweeps/e2e_methods.yaml")
     p.add_argument("--rerun", action="append", default=[], metavar="VARIANT", help="train a variant again ('all')")
     p.set_defaults(run=_pipeline)
+    for sub in commands.choices.values():  # --verbose after the command too; SUPPRESS keeps one given before it
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if problem := unknown_command(argv, list(commands)):
+        parser.print_usage(sys.stderr)
+        print(f"peft-gpt2: error: {problem}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    quiet_libraries(verbose=args.verbose)  # before any library imports: some speak at import time
     try:
         args.run(args)
     except PeftGpt2Error as err:

@@ -168,7 +168,7 @@ def _hub_error(name: str, err: Exception) -> PeftGpt2Error:
     return PeftGpt2Error(
         f"could not load model {name!r} from the Hugging Face Hub ({type(err).__name__}: "
         f"{str(err).splitlines()[0][:200]}).\n"
-        f"  Offline? Download it once where there is network (huggingface-cli download {name}) and set "
+        f"  Offline? Download it once where there is network (hf download {name}) and set "
         f"model.name to that folder, or use an offline preset: {', '.join(PRESETS)}."
     )
 

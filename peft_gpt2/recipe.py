@@ -166,12 +166,16 @@ def apply_override(data: dict, assignment: str) -> None:
     node[leaf] = value
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, library_sections: bool = True
+) -> Recipe:
     """Read a YAML recipe, apply ``--set`` overrides, and validate every key.
 
     Args:
         path (`str` or `Path`): the recipe file.
         overrides (`list[str]`, *optional*): ``section.key=value`` strings, applied in order.
+        library_sections (`bool`, *optional*, defaults to `True`): `False` leaves out (at their defaults) the
+            sections checked against TRL's and PEFT's classes, which import them (``preflight``).
     """
     path = Path(path)
     data = load_yaml(path, "recipe") or {}
@@ -180,6 +184,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for assignment in overrides:
         apply_override(data, assignment)
     data.setdefault("name", path.stem)
+    if not library_sections:
+        data = {k: v for k, v in data.items() if k not in SECTIONS}
     try:
         raw_data = data.get("data")
         if isinstance(raw_data, dict) and raw_data.get("format") == "text":

@@ -46,6 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,  # checkpoints kept on disk (oldest removed first)
     "seed": 42,  # also the data order's seed
     "activation_checkpointing": False,  # recompute activations in backward: less memory, ~30% slower
+    "ddp_find_unused_parameters": False,  # every trainable parameter is used in every forward (DDP only)
     # Ours, translated in sft.sft_config (the one place recipe keys are not SFTConfig's):
     "precision": "auto",  # auto (bf16/fp16 on CUDA, bf16 autocast on a CPU that has it) | fp32 | bf16 | fp16
     "eval_steps": None,  # validation loss every N steps (None: at the start and end only)
