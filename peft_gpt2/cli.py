@@ -14,6 +14,7 @@ import os
 import sys
 
 from peft_gpt2.errors import PeftGpt2Error, os_error
+from peft_gpt2.hub import add_push_command
 
 
 def _quiet_loading_bars() -> None:
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", metavar="sweep", help="sweep YAML, e.g. recipes/sweeps/e2e_methods.yaml")
     p.add_argument("--rerun", action="append", default=[], metavar="VARIANT", help="train a variant again ('all')")
     p.set_defaults(run=_pipeline)
+    add_push_command(commands)
     return parser
 
 
