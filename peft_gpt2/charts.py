@@ -180,7 +180,11 @@ def loss_chart(series: dict, name: str) -> bytes:
             ax.plot(steps, losses, line, marker=marker, label=label, lw=1.2)
     for when, (step, loss) in series["validation"].items():
         ax.plot([step], [loss], "o", color="black", zorder=3)
-        ax.annotate(f"{when}: {loss:.3f}", (step, loss), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        left = when == "after"  # the last step is the right edge: label it inwards
+        ax.annotate(
+            f"{when}: {loss:.3f}", (step, loss), xytext=(-4 if left else 4, 4), textcoords="offset points",
+            ha="right" if left else "left", fontsize=8,
+        )
     if series["validation"]:
         ax.plot([], [], "o", color="black", label="validation loss (token-weighted)")
     if not series["train"]:

@@ -11,7 +11,6 @@ data's licenses decide it, and the run records neither.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -124,6 +123,13 @@ def usage(p: Provenance, location: str, *, pushed: bool) -> str:
     )
 
 
+def data_counts(stats: dict) -> str:
+    """``34 train / 4 validation / 2 test rows (of 40 records read)``; all counts are in ``peft_gpt2.json``."""
+    splits = " / ".join(f"{stats[k]:,} {k}" for k in ("train", "validation", "test") if isinstance(stats.get(k), int))
+    read = stats.get("records_read")
+    return (splits + " rows" if splits else "n/a") + (f" (of {read:,} records read)" if isinstance(read, int) else "")
+
+
 def model_card(p: Provenance, location: str, *, pushed: bool = False) -> str:
     """The ``README.md`` of a run folder: front matter, what was trained on what, results, how to load it.
 
@@ -138,7 +144,7 @@ def model_card(p: Provenance, location: str, *, pushed: bool = False) -> str:
         front_matter(p)
         + f"\n# {p.name or location}\n\nA {kind} trained with peft-gpt2.\n\n"
         + f"- **Base model:** {base_text}\n"
-        + f"- **Data:** `{data.get('path', 'n/a')}` ({p.data_format or 'n/a'}): {json.dumps(p.data)}\n"
+        + f"- **Data:** `{data.get('path', 'n/a')}` ({p.data_format or 'n/a'}): {data_counts(p.data)}\n"
         + f"- **Trained:** {p.created or 'n/a'}; versions: {versions or 'n/a'}\n\n"
         + "## Results\n\n"
         + results_table(p)
