@@ -21,6 +21,10 @@ _PANELS: list[tuple[str, str, list[str]]] = [
 ]
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _num(row: dict, key: str) -> float | None:
     value = row.get(key)
     return float(value) if isinstance(value, numbers.Real) and math.isfinite(value) else None
@@ -144,3 +148,52 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buf)
     return buf.getvalue()
+
+
+def loss_series(log_history: list[dict], before: float | None = None, after: float | None = None) -> dict:
+    """The loss curve's data from ``trainer.state.log_history``: ``{"train", "eval"}``, lists of ``(step, loss)``,
+    and ``"validation"``, ``{"before": (step, loss), "after": (step, loss)}``.
+
+    ``train`` is the Trainer's loss per ``logging_steps``; ``eval`` its ``eval_loss`` (per ``train.eval_steps``, a mean
+    of per-batch means); ``validation`` our token-weighted validation loss before (step 0) and after training (the
+    last step), the two numbers the run's provenance records. Non-finite values are left out.
+    """
+    def points(key: str) -> list[tuple[int, float]]:
+        return [(int(e["step"]), float(e[key])) for e in log_history if "step" in e and _finite(e.get(key))]
+
+    last = max((int(e["step"]) for e in log_history if "step" in e), default=0)
+    validation = {k: (s, float(v)) for k, s, v in (("before", 0, before), ("after", last, after)) if _finite(v)}
+    return {"train": points("loss"), "eval": points("eval_loss"), "validation": validation}
+
+
+def loss_chart(series: dict, name: str) -> bytes:
+    """Loss against optimizer step: the train loss as a line, the Trainer's eval loss as a dashed line, the
+    validation loss before and after training as labelled points."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    styles = {"train": ("train loss (per logging step)", "-", "."), "eval": ("eval loss (Trainer)", "--", "s")}
+    for key, (label, line, marker) in styles.items():
+        if series[key]:
+            steps, losses = zip(*series[key], strict=True)
+            ax.plot(steps, losses, line, marker=marker, label=label, lw=1.2)
+    for when, (step, loss) in series["validation"].items():
+        ax.plot([step], [loss], "o", color="black", zorder=3)
+        left = when == "after"  # the last step is the right edge: label it inwards
+        ax.annotate(
+            f"{when}: {loss:.3f}", (step, loss), xytext=(-4 if left else 4, 4), textcoords="offset points",
+            ha="right" if left else "left", fontsize=8,
+        )
+    if series["validation"]:
+        ax.plot([], [], "o", color="black", label="validation loss (token-weighted)")
+    if not series["train"]:
+        note = "no train loss logged: fewer steps than train.logging_steps"
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="grey")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(f"Loss: {name}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _png(fig)

@@ -17,6 +17,7 @@ import sys
 
 from peft_gpt2.cli_flags import GENERATION_FLAGS, _add_generation_args, _add_trust_args, named_adapters, unknown_command
 from peft_gpt2.errors import PeftGpt2Error, os_error
+from peft_gpt2.hub import add_push_command
 from peft_gpt2.quiet import quiet_libraries
 
 
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", metavar="sweep", help="sweep YAML, e.g. recipes/sweeps/e2e_methods.yaml")
     p.add_argument("--rerun", action="append", default=[], metavar="VARIANT", help="train a variant again ('all')")
     p.set_defaults(run=_pipeline)
+    add_push_command(commands)
     for sub in commands.choices.values():  # --verbose after the command too; SUPPRESS keeps one given before it
         sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

@@ -44,6 +44,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "gradient_accumulation_steps": 1,  # effective batch = batch size x accumulation x processes
     "logging_steps": 10,  # print the loss every N steps
     "save_total_limit": 2,  # checkpoints kept on disk (oldest removed first)
+    "report_to": "none",  # none | tensorboard (logs in the run folder's runs/) | wandb | mlflow | ... (pip install it)
     "seed": 42,  # also the data order's seed
     "activation_checkpointing": False,  # recompute activations in backward: less memory, ~30% slower
     "ddp_find_unused_parameters": False,  # every trainable parameter is used in every forward (DDP only)
@@ -67,7 +68,6 @@ TRAIN_SET_BY_US = {
     "save_strategy": "train.save_steps",
     "train_sampling_strategy": "train.group_by_length",
     "data_seed": "train.seed",
-    "report_to": "nothing (no trackers)",
     "logging_nan_inf_filter": "nothing (a nan/inf loss stops the run)",
 }
 # Adapter-config fields the recipe may not set: PEFT's task type, and how layers store their weights.

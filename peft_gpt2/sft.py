@@ -76,7 +76,6 @@ def sft_config(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
         train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
         include_num_input_tokens_seen="non_padding",  # recorded as tokens_seen, for equal-budget comparisons
         logging_nan_inf_filter=False,  # the default hides nan/inf losses from the log; we stop on them
-        report_to="none",
     )
 
 
@@ -85,7 +84,42 @@ def trainer_args(recipe: Recipe, output_dir: Path, precision: str) -> SFTConfig:
     here, before any model or data loads (``train`` and every train stage of a pipeline call it first)."""
     if recipe.method != "full":
         library_config(recipe.method, recipe.adapter)
-    return sft_config(recipe, output_dir, precision)
+    args = sft_config(recipe, output_dir, precision)
+    check_trackers(args.report_to)
+    return args
+
+
+# train.report_to: transformers' availability check and the package to install, per tracker it supports.
+TRACKERS = {
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+    "wandb": ("is_wandb_available", "wandb"),
+    "mlflow": ("is_mlflow_available", "mlflow"),
+    "comet_ml": ("is_comet_available", "comet-ml (and set COMET_API_KEY)"),
+    "neptune": ("is_neptune_available", "neptune"),
+    "clearml": ("is_clearml_available", "clearml"),
+    "dagshub": ("is_dagshub_available", "dagshub mlflow"),
+    "dvclive": ("is_dvclive_available", "dvclive"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon"),
+    "swanlab": ("is_swanlab_available", "swanlab"),
+    "trackio": ("is_trackio_available", "trackio"),
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+    "flyte": ("is_flyte_deck_standard_available", "flytekit flytekitplugins-deck-standard"),
+}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Refuse a ``train.report_to`` tracker that is unknown or not installed now, not after the model loaded
+    (transformers only fails when the Trainer builds its callbacks)."""
+    from transformers import integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in report_to:
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(["none", "all", *INTEGRATION_TO_CALLBACK])
+            raise PeftGpt2Error(f"train.report_to: unknown tracker {name!r}; one of {known}")
+        available, package = TRACKERS.get(name, (None, None))
+        if available and not getattr(integrations, available)():
+            raise PeftGpt2Error(f"train.report_to: {name} is not installed; pip install {package}")
 
 
 def _library_config(section: str, cls: type, **kwargs):

@@ -32,6 +32,7 @@ from peft_gpt2.data_to_text import data_to_text_rows
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import instruction_rows, save_records
 from peft_gpt2.methods import method_label
+from peft_gpt2.model_card import write_extras
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, check_writable, publish_folder
 from peft_gpt2.scoring import completion_loss, token_loss
@@ -302,7 +303,7 @@ def describe(recipe: Recipe, model: PreTrainedModel, trainable: int, total: int)
 def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: Provenance, *, overwrite: bool) -> None:
     """Write the run folder beside ``recipe.out_path`` and rename it into place; drop the run's checkpoints.
 
-    PEFT folder (or full model), tokenizer, resolved recipe, test split, log, provenance. Under torchrun /
+    PEFT folder (or full model), tokenizer, resolved recipe, test split, log, provenance, model card. Under torchrun /
     accelerate launch every process calls ``save_model`` (FSDP gathers the sharded weights there); only the main
     process writes and publishes, the others wait for it.
     """
@@ -322,6 +323,7 @@ def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: P
                 save_records(test, stage / TEST_SPLIT)
             (stage / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
             provenance.write(stage)
+            write_extras(stage, trainer, provenance, str(out))  # model card, loss.png, TensorBoard runs/
             try:
                 publish_folder(stage, out, overwrite=overwrite)  # a run that took the name meanwhile is not replaced
             except PeftGpt2Error:  # it did: there is nothing to resume into, so leave no checkpoints behind either
