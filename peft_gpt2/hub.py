@@ -118,7 +118,7 @@ def _first_line(err: BaseException) -> str:
 
 def add_push_command(commands) -> None:
     """``peft-gpt2 push RUN --repo-id USER/NAME [--private] [--revision BRANCH]``."""
-    p = commands.add_parser("push", help="upload a finished run folder (adapter or model) to the Hugging Face Hub")
+    p = commands.add_parser("push", help="upload a finished run folder to the Hugging Face Hub")
     p.add_argument("folder", metavar="RUN", help="run folder, e.g. adapters/quickstart")
     p.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
