@@ -31,7 +31,7 @@ from peft_gpt2.sources import bounded, load_yaml, unreadable
 from peft_gpt2.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 METHODS = ("full", *CONFIGS)  # and "lora-8bit", read as method lora with model.quantization 8bit
-FORMATS = ("instructions", "data_to_text", "text")
+FORMATS = ("instructions", "data_to_text", "text", "messages")  # messages: chat data (peft_gpt2.conversations)
 
 
 @dataclass
