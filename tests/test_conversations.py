@@ -49,11 +49,26 @@ def smollm2_tokenizer():
     return load_tokenizer("smollm2-135m")
 
 
-@pytest.fixture(params=["gpt2", "smollm2"])
+# SmolLM2's own chat template (ChatML, a default system prompt when the conversation has none), for the fast variant
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n"
+    "' }}{% endif %}"
+)
+
+
+@pytest.fixture(params=["gpt2", "chatml", pytest.param("smollm2", marks=pytest.mark.slow)])
 def chat_tokenizer(request, gpt2_tokenizer):
-    """GPT-2's tokenizer with our template, and SmolLM2's with its own (<|im_start|> ... <|im_end|>)."""
+    """GPT-2's tokenizer with our template; with ChatML special tokens and SmolLM2's template; SmolLM2's own
+    tokenizer and template (its first load converts the preset: the suite's other SmolLM2 test then reuses it)."""
     if request.param == "gpt2":
         return with_chat_template(copy.deepcopy(gpt2_tokenizer))
+    if request.param == "chatml":
+        tokenizer = copy.deepcopy(gpt2_tokenizer)
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tokenizer.eos_token, tokenizer.chat_template = "<|im_end|>", CHATML
+        return tokenizer
     tokenizer = request.getfixturevalue("smollm2_tokenizer")
     assert tokenizer.chat_template and "<|im_end|>" in tokenizer.chat_template  # its own, not ours
     return with_chat_template(tokenizer)
@@ -232,7 +247,7 @@ def test_trl_builds_labels_from_the_masks_and_training_lowers_the_loss(tmp_path,
     recipe = load_recipe(write_recipe(
         tmp_path / "chat.yaml",
         data={"format": "messages", "template": None, "max_length": 96, "split": [0.5, 0.5, 0.0]},
-        train={"max_steps": 8, "learning_rate": 2e-2, "per_device_train_batch_size": 4},
+        train={"max_steps": 8, "learning_rate": 2e-2, "per_device_train_batch_size": 4, "logging_steps": 1},
     ))
     model, tokenizer = tiny
     data = training_rows(recipe, tokenizer)
