@@ -79,6 +79,16 @@ def completion_loss(
     return {**result, "truncated": kept.truncated, "dropped": kept.dropped}
 
 
+def unscore(labels, starts: list[int], masks: list[list[int]] | None) -> None:
+    """Set ``labels`` to -100, row by row, before ``starts`` and (with ``masks``) where the mask is 0."""
+    import torch
+
+    for row, start in enumerate(starts):
+        labels[row, :start] = -100
+        if masks is not None:
+            labels[row, : len(masks[row])][torch.tensor(masks[row], device=labels.device) == 0] = -100
+
+
 def token_loss(
     model: PreTrainedModel,
     rows: list[list[int]],
@@ -114,11 +124,7 @@ def token_loss(
             ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
             mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
             labels = ids.masked_fill(mask == 0, -100)
-            for row, i in enumerate(idx):
-                labels[row, : starts[i]] = -100
-                if masks is not None:
-                    unscored = torch.tensor(masks[i], device=model.device) == 0
-                    labels[row, : len(masks[i])][unscored] = -100
+            unscore(labels, [starts[i] for i in idx], [masks[i] for i in idx] if masks is not None else None)
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits
             logits = logits[:, logits.shape[1] - width :]  # prompt tuning prepends its virtual tokens' logits
