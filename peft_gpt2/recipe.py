@@ -31,7 +31,7 @@ from peft_gpt2.sources import bounded, load_yaml, unreadable
 from peft_gpt2.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 METHODS = ("full", *CONFIGS)  # and "lora-8bit", read as method lora with model.quantization 8bit
-FORMATS = ("instructions", "data_to_text", "text")
+FORMATS = ("instructions", "data_to_text", "text", "messages")  # messages: chat data (peft_gpt2.conversations)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ModelConfig:
 class DataConfig:
     path: str = ""  # instructions: Alpaca JSON/JSONL, URL or HF data set; text: .txt file, folder or URL
     # instructions (loss on the answer) | data_to_text (E2E CSV or hub set: split by MR, one example per reference)
-    # | text (a raw corpus, loss on every token)
+    # | text (a raw corpus, loss on every token) | messages (chat: loss on the assistant turns)
     format: str = "instructions"
     template: str = DEFAULT_TEMPLATE  # prompt template (peft_gpt2.templates.TEMPLATES)
     limit: int | None = None  # keep this many records after cleaning (random, seeded)

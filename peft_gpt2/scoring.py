@@ -38,7 +38,9 @@ def completion_loss(
     Args:
         model (`PreTrainedModel` or `PeftModel`): A causal LM; run in eval mode (restored afterwards).
         tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token and an eos token.
-        pairs (`list[dict]`): ``{"prompt", "completion"}`` as `Template.render` makes them.
+        pairs (`list[dict]`): ``{"prompt", "completion"}`` as `Template.render` makes them, or tokenized
+            conversations ``{"input_ids", "assistant_masks"}`` (`peft_gpt2.conversations`): only the tokens their
+            mask marks (assistant turns and their end-of-turn) are scored.
         batch_size (`int`, defaults to 16): Sequences per forward pass, grouped by length to cut padding.
         max_length (`int`, defaults to 1024): Tokens kept per sequence (from the start; capped at the model's
             positions). A pair whose prompt alone fills it is dropped, as in training.
@@ -57,6 +59,11 @@ def completion_loss(
     if batch_size < 1:
         raise PeftGpt2Error(f"batch_size={batch_size} must be >= 1")
     max_length = min(max_length, max_positions(model.config) or max_length)
+    if "assistant_masks" in pairs[0]:  # tokenized conversations (peft_gpt2.conversations): scored by their masks
+        rows, masks = [r["input_ids"][:max_length] for r in pairs], [r["assistant_masks"][:max_length] for r in pairs]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        result = token_loss(model, rows, [0] * len(rows), pad_token_id=pad, batch_size=batch_size, masks=masks)
+        return {**result, "truncated": 0, "dropped": 0}
     kept = tokenize_pairs(pairs, tokenizer, max_length, "truncate", "eval")
     if not kept.pairs:
         raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")
@@ -72,6 +79,16 @@ def completion_loss(
     return {**result, "truncated": kept.truncated, "dropped": kept.dropped}
 
 
+def unscore(labels, starts: list[int], masks: list[list[int]] | None) -> None:
+    """Set ``labels`` to -100, row by row, before ``starts`` and (with ``masks``) where the mask is 0."""
+    import torch
+
+    for row, start in enumerate(starts):
+        labels[row, :start] = -100
+        if masks is not None:
+            labels[row, : len(masks[row])][torch.tensor(masks[row], device=labels.device) == 0] = -100
+
+
 def token_loss(
     model: PreTrainedModel,
     rows: list[list[int]],
@@ -79,11 +96,13 @@ def token_loss(
     *,
     pad_token_id: int,
     batch_size: int = 16,
+    masks: list[list[int]] | None = None,
 ) -> dict:
     """Summed next-token NLL and argmax hits over the labelled positions of token rows.
 
     Row ``i`` is scored from its token ``starts[i]`` on (0 for plain text: every token after the first; the
-    prompt length for a prompt+completion row). Padding is masked by position, never by token id.
+    prompt length for a prompt+completion row), and with ``masks`` only where ``masks[i]`` is 1 (a conversation's
+    assistant tokens). Padding is masked by position, never by token id.
 
     Returns:
         `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
@@ -105,8 +124,7 @@ def token_loss(
             ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
             mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
             labels = ids.masked_fill(mask == 0, -100)
-            for row, i in enumerate(idx):
-                labels[row, : starts[i]] = -100
+            unscore(labels, [starts[i] for i in idx], [masks[i] for i in idx] if masks is not None else None)
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits
             logits = logits[:, logits.shape[1] - width :]  # prompt tuning prepends its virtual tokens' logits

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.before_after import BeforeAfter
 from peft_gpt2.checkpoints import StopOnNonFinite, checkpoint_dir, discard_checkpoints, resume_point
+from peft_gpt2.conversations import conversation_rows
 from peft_gpt2.corpus import corpus_rows
 from peft_gpt2.data_to_text import data_to_text_rows
 from peft_gpt2.errors import PeftGpt2Error
@@ -91,7 +92,8 @@ def training_rows(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Trainin
     if d.format == "text":
         train_blocks, val_blocks, stats = corpus_rows(d.path, tokenizer, d.max_length, d.split[1])
         return TrainingRows([{"input_ids": b} for b in train_blocks], [{"input_ids": b} for b in val_blocks], [], stats)
-    rows = data_to_text_rows(d, tokenizer) if d.format == "data_to_text" else instruction_rows(d, tokenizer)
+    rows_of = {"data_to_text": data_to_text_rows, "messages": conversation_rows}.get(d.format, instruction_rows)
+    rows = rows_of(d, tokenizer)
     return TrainingRows(rows.train, rows.validation, rows.test, rows.stats)
 
 
