@@ -10,6 +10,7 @@ an hour of data loading and a crash at step 1, not to the last megabyte.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from pathlib import Path
 # factored rows and columns (about nothing per parameter), plain SGD (no momentum by default) none.
 OPTIMIZER_STATE_BYTES = (("adafactor", 0), ("sgd", 0), ("lion_8bit", 1), ("lion", 4), ("8bit", 2))
 ADAMW_STATE_BYTES = 8
-LOGIT_COPIES = 3  # fp32 logits, their log-softmax kept for backward, and its gradient: alive together in backward
+# fp32 logits, their log-softmax kept for backward, and its gradient, alive together in backward: the model's own
+# loss, which we use off CUDA (``sft.CompletionTrainer``). TRL's chunked loss on CUDA holds less: there the
+# estimate errs high.
+LOGIT_COPIES = 3
 
 
 @dataclass
@@ -107,8 +111,6 @@ def available_memory() -> tuple[int, str] | None:
 def resident_bytes() -> int:
     """This process's resident memory now (Linux ``/proc/self/statm``; 0 where unknown)."""
     try:
-        import os
-
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError, AttributeError):
         return 0

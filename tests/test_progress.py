@@ -229,3 +229,41 @@ def test_a_fresh_run_removes_leftovers_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.index("removed leftovers of a killed run: .run.tmp-killed, .run.checkpoints") < out.index("data: ")
     assert sorted(p.name for p in adapters.iterdir()) == [".other.tmp-x", ".run.tmp-live", "run"]
+
+
+def test_a_peak_over_the_memory_warns_with_what_to_change(monkeypatch):
+    """``run_plan`` on a stand-in trainer: a small Llama, 6 rows; the machine said to have 100 kB."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import peft_gpt2.progress as progress
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config.vocab_size = 100
+    args = SimpleNamespace(
+        max_steps=-1, num_train_epochs=1.0, per_device_train_batch_size=2, gradient_accumulation_steps=1, world_size=1,
+        dataloader_drop_last=False, bf16=False, fp16=False, optim="adamw_torch", activation_checkpointing=False,
+    )  # fmt: skip
+    trainer = SimpleNamespace(
+        args=args, model=LlamaForCausalLM(config), train_dataset={"input_ids": [[1] * n for n in (2, 4, 4, 6, 8, 10)]}
+    )
+    recipe = SimpleNamespace(train={"padding_free": False, "group_by_length": False})
+    monkeypatch.setattr(progress, "available_memory", lambda: (10**5, "RAM (this process + available)"))
+    plan, memory, warning = progress.run_plan(trainer, recipe)
+    assert plan.startswith("plan: 3 optimizer steps of 2 examples") and "tokens per step: 11 (rows of 6" in plan
+    assert f"about {2 * expected_longest([2, 4, 4, 6, 8, 10], 2):,.0f} with padding" in plan
+    assert memory.endswith("for 2 rows of 10 tokens); 0.00 GB RAM (this process + available)")
+    assert warning.startswith("warning: the estimated peak (0.")
+    assert "exceeds the 0.00 GB RAM" in warning and "activation_checkpointing" in warning
+
+
+def test_available_memory_without_psutil(monkeypatch):
+    import sys
+
+    from peft_gpt2 import memory_estimate
+
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("Linux only")
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    total, what = memory_estimate.available_memory()
+    assert what == "RAM (this process + available)" and total > memory_estimate.resident_bytes() > 0
