@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -15,7 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.recipe import Recipe, dump_recipe
-from peft_gpt2.run_folder import RECIPE
+from peft_gpt2.run_folder import RECIPE, STALE_AFTER_S, stale_stages
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -49,6 +50,33 @@ def resume_point(recipe: Recipe, *, resume: bool, overwrite: bool) -> Path | Non
 def discard_checkpoints(recipe: Recipe) -> None:
     """Remove the run's checkpoints: when starting over (``--overwrite``), and once the run is published."""
     shutil.rmtree(checkpoint_dir(recipe), ignore_errors=True)
+
+
+def remove_leftovers(recipe: Recipe, *, keep_checkpoints: bool, say: Callable[..., None] | None = None) -> None:
+    """Remove what a killed run of this name left beside its output, and say so in one line.
+
+    Leftovers: staging folders nothing has written to for ``run_folder.STALE_AFTER_S`` (a save killed midway;
+    recent ones may be another live run's and stay), and a checkpoints folder without a checkpoint (killed before
+    the first one). A checkpoints folder with checkpoints stays for ``--resume`` (``keep_checkpoints``; a fresh
+    run was refused by ``resume_point`` already), or is discarded under ``--overwrite``.
+    """
+    if say is None:
+        from accelerate import PartialState
+
+        say = PartialState().print  # every process cleans (errors ignored); only the main one says so
+    removed, recent = stale_stages(recipe.out_path)
+    ckpt = checkpoint_dir(recipe)
+    if not keep_checkpoints and ckpt.is_dir():
+        if get_last_checkpoint(str(ckpt)) is None:
+            removed.append(ckpt)
+        discard_checkpoints(recipe)  # with checkpoints only under --overwrite (resume_point refuses otherwise)
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    if removed:
+        say(f"removed leftovers of a killed run: {', '.join(p.name for p in removed)}", flush=True)
+    if recent:
+        names = ", ".join(p.name for p in recent)
+        say(f"kept {names}: written in the last {STALE_AFTER_S // 60} minutes, maybe by a run still saving", flush=True)
 
 
 class StopOnNonFinite(TrainerCallback):

@@ -115,6 +115,8 @@ class Recipe:
             f"must be a plain folder name, got {self.name!r}",
         )
         _check(self.show_examples >= 0, "show_examples", f"must be >= 0, got {self.show_examples}")
+        shown = self.show_examples == 0 or self.data.format in ("instructions", "data_to_text")
+        _check(shown, "show_examples", f"needs instruction or data-to-text records, not data.format {self.data.format}")
         quantized = self.method != "full" or self.model.quantization is None
         _check(quantized, "model.quantization", "needs an adapter method: a quantized base cannot be trained itself")
         lora_plus = self.method == "lora" or self.train.get("loraplus_lr_ratio") is None

@@ -9,7 +9,9 @@ folder or file in one step; no other module builds or parses that JSON by hand.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -17,7 +19,6 @@ import tempfile
 import time
 import types
 import typing
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ PROVENANCE = "peft_gpt2.json"  # the provenance record
 RECIPE = "recipe.yaml"  # the fully resolved recipe
 TEST_SPLIT = "test.json"  # the held-out records (instructions) that ``compare --data test`` scores
 TRAIN_LOG = "train_log.json"  # the Trainer's log history
+STALE_AFTER_S = 600  # a staging folder unchanged this long is a killed run's, not one being written
 
 
 @dataclass
@@ -117,7 +119,7 @@ def held_out_records(folder: str | Path) -> Path | None:
     return path if path.exists() else None
 
 
-@contextmanager
+@contextlib.contextmanager
 def staged_folder(out: Path, *, overwrite: bool):
     """Yield a temporary folder beside ``out``; publish it as ``out`` if the block finishes, else remove it.
 
@@ -189,3 +191,33 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def stale_stages(out: Path, *, stale_after_s: float = STALE_AFTER_S) -> tuple[list[Path], list[Path]]:
+    """Staging folders of ``out`` a killed run left (``.{name}.tmp-*``; ``.{name}.old-*`` once ``out`` exists),
+    split into (stale, recent) by the newest change to anything in them.
+
+    Another run of the same name may be writing a ``.tmp-`` folder right now, on this machine or another one
+    sharing the folder, so a pid or lock would not tell: a save writes its files one after another, so a folder
+    where nothing changed for ``stale_after_s`` seconds (10 minutes) is no longer being written.
+    """
+    name = glob.escape(out.name)
+    found = [*out.parent.glob(f".{name}.tmp-*"), *(out.parent.glob(f".{name}.old-*") if out.exists() else ())]
+    stale, recent, now = [], [], time.time()
+    for folder in sorted(p for p in found if p.is_dir() and not p.is_symlink()):
+        try:
+            age = now - newest_change(folder)
+        except OSError:  # removed meanwhile by the run that made it
+            continue
+        (stale if age > stale_after_s else recent).append(folder)
+    return stale, recent
+
+
+def newest_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` and everything under it (entries vanishing meanwhile skipped)."""
+    newest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest

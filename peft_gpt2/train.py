@@ -14,9 +14,7 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -26,14 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peft_gpt2.before_after import BeforeAfter
-from peft_gpt2.checkpoints import StopOnNonFinite, checkpoint_dir, discard_checkpoints, resume_point
+from peft_gpt2.checkpoints import StopOnNonFinite, checkpoint_dir, discard_checkpoints, remove_leftovers, resume_point
 from peft_gpt2.conversations import conversation_rows
 from peft_gpt2.corpus import corpus_rows
 from peft_gpt2.data_to_text import data_to_text_rows
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import instruction_rows, save_records
+from peft_gpt2.memory_estimate import peak_memory_mb
 from peft_gpt2.methods import method_label
 from peft_gpt2.model_card import write_extras
+from peft_gpt2.progress import TimeEstimate, run_plan
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, check_writable, publish_folder
 from peft_gpt2.scoring import completion_loss, token_loss
@@ -50,16 +50,6 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out
-
-
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated (CUDA) or peak process RSS (CPU), in MiB."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 @dataclass
@@ -193,6 +183,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     share = f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
     ready = f"model and trainer ready in {time.perf_counter() - start:.1f} s"
     say(f"method {method_of(recipe)}: {share}, precision {precision}; {ready}", flush=True)
+    for line in run_plan(trainer, recipe):  # steps, tokens per step, memory: before an hour is spent
+        say(line, flush=True)
+    trainer.add_callback(TimeEstimate(say))
 
     # 3. Train, with validation loss before and after.
     result, train_time, val_before, val_after = train_between_validations(
@@ -266,8 +259,7 @@ def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | Non
         )
     check_writable(recipe.out_path.parent)
     resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
-    if resume_from is None:
-        discard_checkpoints(recipe)  # leftovers of a run that never wrote a checkpoint, or --overwrite
+    remove_leftovers(recipe, keep_checkpoints=resume_from is not None)  # of a killed run; --overwrite
     return resume_from
 
 
