@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
-from peft_gpt2.memory_estimate import available_memory, estimate_peak
+from peft_gpt2.memory_estimate import available_memory, estimate_peak, peak_memory_mb
 
 HOUR = 3600.0
 REPORT_AT = (0.1, 0.5)  # fractions of the run at which the estimate is said again, refined
@@ -146,6 +146,17 @@ class TimeEstimate(TrainerCallback):
         if whole > self.limit_s and not self.warned:
             self.warned = True
             self.say(self.advice(rate, total, whole), flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """What the estimates were for: the steps' wall time and the measured peak, beside the estimate's line."""
+        import torch
+
+        kind = "GPU memory allocated" if torch.cuda.is_available() else "process RSS"
+        self.say(
+            f"time: {state.global_step - self.first_step:,} steps took {duration(self.clock() - self.begin)}; "
+            f"memory: peak {gb(peak_memory_mb() * 2**20)} GB measured ({kind})",
+            flush=True,
+        )
 
     def advice(self, rate: float, total: int, whole: float) -> str:
         """The over-an-hour warning, with the step count that fits and the settings that make steps cheaper."""

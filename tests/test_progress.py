@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from types import SimpleNamespace
 
@@ -172,6 +173,9 @@ def test_a_run_says_its_plan_before_step_1(tmp_path, capsys):
     memory = next(line for line in out.splitlines() if line.startswith("memory: "))
     assert "an estimate" in memory and "logits 0.05" in memory and "GB RAM" in memory  # 4 x 22 x 50257 x 4 B x 3
     assert out.index("plan: ") < out.index("training\n") < out.index("time: step 1 took")
+    measured = re.search(r"^time: 5 steps took .*; memory: peak ([0-9.]+) GB measured \(process RSS\)$", out, re.M)
+    provenance = json.loads((tmp_path / "adapters" / "plan" / "peft_gpt2.json").read_text())
+    assert measured and float(measured[1]) * 1e9 <= provenance["peak_memory_mb"] * 2**20 + 1e7  # that peak, or less
     log = json.loads((tmp_path / "adapters" / "plan" / "train_log.json").read_text())
     assert log[-1]["step"] == 5
 
