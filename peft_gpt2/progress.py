@@ -98,6 +98,21 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 2 * HOUR else f"{seconds / HOUR:.1f} h"
 
 
+def above_the_bar() -> Callable[..., None]:
+    """How the callback says its lines while the training bar is drawn: tqdm lifts the bar, prints, redraws it (as
+    transformers prints its loss lines), so a line does not land at the end of the bar's; main process only."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    main = PartialState().is_main_process
+
+    def write(line: str, **kwargs) -> None:
+        if main:
+            tqdm.write(line)
+
+    return write
+
+
 class TimeEstimate(TrainerCallback):
     """Time the optimizer steps and say how long the run will take, refined as it goes; warn once when it is
     more than ``limit_s`` (an hour) and name settings that fit.

@@ -33,7 +33,7 @@ from peft_gpt2.instructions import instruction_rows, save_records
 from peft_gpt2.memory_estimate import peak_memory_mb
 from peft_gpt2.methods import method_label
 from peft_gpt2.model_card import write_extras
-from peft_gpt2.progress import TimeEstimate, run_plan
+from peft_gpt2.progress import TimeEstimate, above_the_bar, run_plan
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, check_writable, publish_folder
 from peft_gpt2.scoring import completion_loss, token_loss
@@ -185,7 +185,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     say(f"method {method_of(recipe)}: {share}, precision {precision}; {ready}", flush=True)
     for line in run_plan(trainer, recipe):  # steps, tokens per step, memory: before an hour is spent
         say(line, flush=True)
-    trainer.add_callback(TimeEstimate(say))
+    trainer.add_callback(TimeEstimate(above_the_bar()))
 
     # 3. Train, with validation loss before and after.
     result, train_time, val_before, val_after = train_between_validations(
