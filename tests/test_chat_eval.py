@@ -202,3 +202,18 @@ def test_chat_runs_take_no_part_in_choosing_the_prompt_template():
 
     assert shared_template([run("alpaca", "messages"), run("short", "instructions")]) == "short"
     assert shared_template([run("alpaca", "messages")]) == Provenance().template
+
+
+def test_a_conversation_cut_by_max_length_is_counted(tiny):
+    from peft_gpt2.scoring import completion_loss
+
+    model, tokenizer = tiny
+    ids = list(range(100, 110))
+    rows = [
+        {"input_ids": ids, "assistant_masks": [0] * 7 + [1] * 3},  # its answer lies past the cut: nothing scored
+        {"input_ids": ids, "assistant_masks": [0, 0, 1, 1, 1, 0, 0, 0, 0, 0]},  # cut, its answer kept
+        {"input_ids": ids[:6], "assistant_masks": [0, 0, 0, 1, 1, 1]},  # not cut
+    ]
+    result = completion_loss(model, tokenizer, rows, max_length=7)
+    assert (result["truncated"], result["dropped"]) == (1, 1)
+    assert result["tokens_per_row"] == [0, 3, 3]
