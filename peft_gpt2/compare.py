@@ -88,7 +88,7 @@ def eval_sets(runs: list[Run], data: list[str], task: str | None, limit: int | N
                     "the runs hold different test splits (other data, seed or split), so one run's test records "
                     "may be another's training data; pass an evaluation file with --data"
                 )
-            records, kind = load_eval_records(str(sorted(splits)[0]), "instructions")
+            records, kind = load_eval_records(str(sorted(splits)[0]))  # Alpaca records, or a chat run's messages
             name = "test"
         else:
             records, kind = load_eval_records(source, task)
@@ -120,8 +120,11 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
 
 
 def shared_template(runs: list[Run]) -> str:
-    """The prompt template every row answers through; a text-corpus run has none and uses the others' one."""
-    templates = {r.provenance.template for r in runs if r.kind != "base" and r.provenance.data_format != "text"}
+    """The prompt template every row answers instruction records through; a text-corpus or chat run has none (a
+    chat run's records carry their turns, rendered by the tokenizer's chat template) and uses the others' one."""
+    templates = {
+        r.provenance.template for r in runs if r.kind != "base" and r.provenance.data_format not in ("text", "messages")
+    }
     if len(templates) > 1:
         raise PeftGpt2Error(f"the runs were trained with different prompt templates {sorted(templates)}")
     return templates.pop() if templates else Provenance().template
@@ -199,7 +202,7 @@ def compare(
         data (`list[str]`, *optional*, defaults to ``["test"]``): evaluation files; ``test`` is the runs'
             shared held-out split.
         base (`str`, *optional*): the base model; defaults to the one the runs record.
-        task (`str`, *optional*): ``qa`` or ``instructions`` for the data files (detected if unset).
+        task (`str`, *optional*): ``qa``, ``instructions`` or ``chat`` for the data files (detected if unset).
         limit (`int`, *optional*): evaluate the first N records of each set.
         settings (`GenerationSettings`, *optional*): decoding settings (greedy by default).
         answers_dir (`Path`, *optional*): where to write ``<model>.<dataset>.answers.jsonl``.

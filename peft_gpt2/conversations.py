@@ -165,9 +165,10 @@ def render_segments(turns: list[dict], tokenizer: PreTrainedTokenizerBase, where
 
 
 def tokenize_conversations(
-    conversations: list[dict], tokenizer: PreTrainedTokenizerBase, source: str
+    conversations: list[dict], tokenizer: PreTrainedTokenizerBase, source: str, *, last_turn_only: bool = False
 ) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, assistant_masks)`` per conversation: 1 on assistant content and end-of-turn tokens only."""
+    """``(input_ids, assistant_masks)`` per conversation: 1 on assistant content and end-of-turn tokens only (with
+    ``last_turn_only``, on the last assistant turn's: what evaluation scores, given every turn before it)."""
     rendered = [
         render_segments(c["messages"], tokenizer, f"{source}: record {c['record']}: field messages")
         for c in conversations
@@ -177,10 +178,11 @@ def tokenize_conversations(
     out = []
     for pieces in rendered:
         row, mask = [], []
-        for _, trained in pieces:
+        last = max((k for k, (_, trained) in enumerate(pieces) if trained), default=-1)
+        for k, (_, trained) in enumerate(pieces):
             piece = next(ids)
             row += piece
-            mask += [trained] * len(piece)
+            mask += [int(trained and (k == last or not last_turn_only))] * len(piece)
         out.append((row, mask))
     return out
 

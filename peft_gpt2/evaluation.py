@@ -9,6 +9,8 @@ teacher-forced pass that measures how likely the model finds the reference compl
 same tokens training learns (completion + eos, never prompt or padding), summed per token over the whole
 set, so the perplexity does not depend on batch size or on how answers of different lengths are grouped.
 Each record's share of every metric is kept too (``items``), so ``peft_gpt2.uncertainty`` can resample records.
+Conversations (``messages`` / ``conversations`` records, a chat run's ``test.json``) are scored on their last
+assistant turn through the chat template instead of a prompt template (``peft_gpt2.chat_eval``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from peft_gpt2.chat_eval import CHAT_KEYS, answer_chats, chat_loss_rows, chat_records, is_chat
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings, generate
 from peft_gpt2.instructions import validate_records
@@ -29,16 +32,19 @@ if TYPE_CHECKING:
 
 TASK_FIELDS: dict[str, tuple[str, ...]] = {"qa": ("question", "answer"), "instructions": ("instruction", "output")}
 """Fields each task's records must have; task detection looks for the first of each."""
+TASKS = (*TASK_FIELDS, "chat")  # chat: conversations, scored on their last assistant turn
 
 
 def _detect_task(first: object, source: str) -> str:
     keys = sorted(first) if isinstance(first, dict) else []
+    if any(key in keys for key in CHAT_KEYS):
+        return "chat"
     for task, fields in TASK_FIELDS.items():
         if fields[0] in keys:
             return task
     raise PeftGpt2Error(
-        f"{source}: record 0: cannot tell the task: expected {{'question', 'answer'}} (qa) or "
-        f"{{'instruction', 'input', 'output'}} (instructions), got "
+        f"{source}: record 0: cannot tell the task: expected {{'question', 'answer'}} (qa), "
+        f"{{'instruction', 'input', 'output'}} (instructions) or {{'messages'}} / {{'conversations'}} (chat), got "
         + (f"keys {keys[:8]}" if isinstance(first, dict) else f"a {type(first).__name__}")
     )
 
@@ -48,19 +54,21 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
 
     Args:
         source (`str`): A JSON or JSONL file (or anything `peft_gpt2.sources.read_source` reads) of QA records
-            (``question``, ``answer``) or Alpaca records (``instruction``, ``input``, ``output``).
-        task (`str`, *optional*): ``"qa"`` or ``"instructions"``; detected from the first record's keys if unset.
+            (``question``, ``answer``), Alpaca records (``instruction``, ``input``, ``output``) or conversations
+            (OpenAI ``messages`` / ShareGPT ``conversations``, as ``data.format: messages`` reads them).
+        task (`str`, *optional*): ``"qa"``, ``"instructions"`` or ``"chat"``; detected from the first record's keys
+            if unset.
 
     Returns:
         `tuple[list[dict], str]`: Records with ``instruction``, ``input``, ``output`` (QA: the question, ``""``,
-        the answer), and the task.
+        the answer; chat: the last user turn, ``""``, the last assistant turn, plus the ``messages``), and the task.
 
     Raises:
         `PeftGpt2Error`: If the file is unreadable or empty, or a record (named by index) lacks a field, holds a
         non-string, or has an empty question/instruction or answer/output.
     """
-    if task is not None and task not in TASK_FIELDS:
-        raise PeftGpt2Error(f"unknown evaluation task {task!r}; choose one of: {', '.join(TASK_FIELDS)}")
+    if task is not None and task not in TASKS:
+        raise PeftGpt2Error(f"unknown evaluation task {task!r}; choose one of: {', '.join(TASKS)}")
     if source.endswith(".csv"):  # E2E: one record per MR with all its references
         from peft_gpt2.data_to_text import as_eval_records, load_mrs
 
@@ -69,6 +77,8 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     if not raw:
         raise PeftGpt2Error(f"{source}: no records to evaluate")
     task = task or _detect_task(raw[0], source)
+    if task == "chat":
+        return chat_records(raw, source), task
     if task == "qa":
         for i, record in enumerate(raw):
             if not isinstance(record, dict):
@@ -117,7 +127,8 @@ def evaluate_model(
         model (`PreTrainedModel` or `PeftModel`): The model to score, unmerged adapter or not.
         tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token.
         records (`list[dict]`): Alpaca-shaped records (`load_eval_records`).
-        template (`str`, defaults to ``"alpaca"``): A `peft_gpt2.templates.TEMPLATES` name, as in training.
+        template (`str`, defaults to ``"alpaca"``): A `peft_gpt2.templates.TEMPLATES` name, as in training;
+            conversations are rendered with the tokenizer's chat template instead (`peft_gpt2.chat_eval`).
         settings (`GenerationSettings`, *optional*): Decoding; greedy with ``batch_size`` by default. The
             template's stop strings are always added, so answers end where the template's next section starts.
         batch_size (`int`, defaults to 16): Sequences per forward pass of the loss (and of generation by default).
@@ -136,11 +147,12 @@ def evaluate_model(
     """
     from peft_gpt2.metrics import text_metrics
 
-    tmpl = get_template(template)
     if not records:
         raise PeftGpt2Error("no records to evaluate")
-    pairs = [tmpl.render(r) for r in records]
-    expected = [p["completion"] for p in pairs]
+    # conversations are scored on their last assistant turn (its content + end-of-turn), given the turns before it
+    chat = is_chat(records)
+    pairs = chat_loss_rows(tokenizer, records) if chat else [get_template(template).render(r) for r in records]
+    expected = [r["output"].strip() for r in records]  # what Template.render makes the completion
 
     start = time.perf_counter()
     generated = answer_records(
@@ -169,7 +181,10 @@ def answer_records(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict], template: str, settings
 ) -> list[str]:
     """Each record's generated answer, in input order, through `template`; generation also stops where the
-    template's next section starts (its stop strings are added to `settings`')."""
+    template's next section starts (its stop strings are added to `settings`'). Conversations are answered
+    through the chat template, which ends each turn itself (`peft_gpt2.chat_eval.answer_chats`)."""
+    if is_chat(records):
+        return answer_chats(model, tokenizer, records, settings)
     tmpl = get_template(template)
     settings = replace(settings, stop=settings.stop + [s for s in tmpl.stop if s not in settings.stop])
     prompts = [tmpl.prompt(r["instruction"], r.get("input") or "") for r in records]
@@ -227,4 +242,4 @@ def item_scores(generated: list[str], expected: list[str]) -> dict[str, list]:
     return columns
 
 
-__all__ = ["TASK_FIELDS", "answer_records", "evaluate_model", "item_scores", "load_eval_records"]
+__all__ = ["TASKS", "TASK_FIELDS", "answer_records", "evaluate_model", "item_scores", "load_eval_records"]

@@ -63,7 +63,9 @@ def completion_loss(
         rows, masks = [r["input_ids"][:max_length] for r in pairs], [r["assistant_masks"][:max_length] for r in pairs]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         result = token_loss(model, rows, [0] * len(rows), pad_token_id=pad, batch_size=batch_size, masks=masks)
-        return {**result, "truncated": 0, "dropped": 0}
+        cut = [len(r["input_ids"]) > max_length for r in pairs]  # dropped: the cut left none of its masked tokens
+        dropped = sum(c and 1 not in m for c, m in zip(cut, masks, strict=True))
+        return {**result, "truncated": sum(cut) - dropped, "dropped": dropped}
     kept = tokenize_pairs(pairs, tokenizer, max_length, "truncate", "eval")
     if not kept.pairs:
         raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")

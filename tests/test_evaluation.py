@@ -192,7 +192,7 @@ def test_bad_records_name_file_and_index(tmp_path, records, task, match):
 
 def test_unknown_task_or_template(tmp_path, tiny):
     with pytest.raises(PeftGpt2Error, match="task"):
-        load_eval_records(write(tmp_path / "a.json", RECORDS), task="chat")
+        load_eval_records(write(tmp_path / "a.json", RECORDS), task="nope")
     with pytest.raises(PeftGpt2Error, match="template"):
         evaluate_model(*tiny, RECORDS, template="nope")
 
