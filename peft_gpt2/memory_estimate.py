@@ -10,6 +10,7 @@ an hour of data loading and a crash at step 1, not to the last megabyte.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -116,11 +117,26 @@ def resident_bytes() -> int:
         return 0
 
 
+def reset_peak_memory() -> None:
+    """Count this run's peak from now on. The counters are process-wide (``ru_maxrss``, CUDA's
+    ``max_memory_allocated``): in a sweep or pipeline, which trains its runs in one process, each run would
+    otherwise report the largest peak of every run before it."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS (VmHWM) starts again from the RSS now
+
+
 def peak_memory_mb() -> float:
-    """Peak GPU memory allocated (CUDA) or peak process RSS (CPU), in MiB."""
+    """Peak GPU memory allocated (CUDA) or peak process RSS (CPU) since ``reset_peak_memory``, in MiB."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(x for x in status if x.startswith("VmHWM:")).split()[1]) / 1024  # kB
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20

@@ -30,7 +30,7 @@ from peft_gpt2.corpus import corpus_rows
 from peft_gpt2.data_to_text import data_to_text_rows
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.instructions import instruction_rows, save_records
-from peft_gpt2.memory_estimate import peak_memory_mb
+from peft_gpt2.memory_estimate import peak_memory_mb, reset_peak_memory
 from peft_gpt2.methods import method_label
 from peft_gpt2.model_card import write_extras
 from peft_gpt2.progress import TimeEstimate, above_the_bar, run_plan
@@ -129,6 +129,7 @@ def load_model(recipe: Recipe) -> PreTrainedModel:
     from peft_gpt2.models import keep_training_layout, load_base
     from peft_gpt2.sft import resolve_precision
 
+    reset_peak_memory()  # this run's peak, not that of an earlier run in this process (a sweep, a pipeline)
     quantization = recipe.model.quantization
     compute = {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(recipe.train["precision"]))
     model, _ = load_base(recipe.model.name, quantization=quantization, compute_dtype=compute)

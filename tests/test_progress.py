@@ -271,3 +271,19 @@ def test_available_memory_without_psutil(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     total, what = memory_estimate.available_memory()
     assert what == "RAM (this process + available)" and total > memory_estimate.resident_bytes() > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_peak_memory_counts_from_the_reset_not_from_an_earlier_run():
+    """A sweep trains its runs in one process: each run's peak starts at its own reset, not at the largest before."""
+    import subprocess
+    import sys
+
+    code = (
+        "from peft_gpt2.memory_estimate import peak_memory_mb, reset_peak_memory\n"
+        "block = bytearray(800 * 2**20); block[::4096] = b'x' * len(block[::4096]); del block\n"
+        "before = peak_memory_mb(); reset_peak_memory(); print(before, peak_memory_mb())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, after = map(float, out)
+    assert before > 800 and after < before - 500, (before, after)
