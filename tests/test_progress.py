@@ -99,7 +99,23 @@ def test_memory_estimate_by_hand():
 
 
 @pytest.mark.slow
-def test_memory_estimate_is_within_a_factor_of_the_measured_peak(tmp_path, monkeypatch):
+def test_memory_estimate_is_within_a_factor_of_the_measured_peak():
+    """The measurement below, in a fresh process: one that trained before keeps the memory it freed (our allocator
+    setting, ``sft.keep_freed_memory``), so a later run's RSS rises less than it needs (0.39 of 0.84 GB in the
+    full suite, against 0.63 alone)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PEFT_GPT2_FRESH_PROCESS": "1"}
+    test = f"{__file__}::test_memory_estimate_in_a_fresh_process"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.skipif(os.environ.get("PEFT_GPT2_FRESH_PROCESS") != "1", reason="run in a fresh process by the test above")
+def test_memory_estimate_in_a_fresh_process(tmp_path, monkeypatch):
     """Tiny GPT-2, full fine-tuning, 16 rows of 83 tokens: the logits (3 fp32 copies, 0.8 GB) are nearly all of it.
 
     Measured: the rise of the process's peak RSS during ``trainer.train`` (Linux: ``clear_refs`` resets it), against
