@@ -14,7 +14,6 @@ from pathlib import Path
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.recipe import Recipe, load_recipe
-from peft_gpt2.run_folder import check_writable
 from peft_gpt2.sources import is_hub_name
 
 # what each data format reads as a file when the path ends so (anything else not path-like is a hub data set name)
@@ -22,13 +21,15 @@ FILE_SUFFIXES = {"instructions": (".json", ".jsonl"), "data_to_text": (".csv",)}
 
 
 def check_train(path: str, overrides: list[str], *, overwrite: bool) -> Recipe:
-    """The recipe without its library sections, after refusing an existing output folder or missing data."""
+    """The recipe without its library sections, after refusing an existing output folder or missing data.
+
+    Whether the output folder can be written is checked by ``train`` after the library sections: the check creates
+    the folder, which a recipe refused for a bad ``train.*`` key must not leave behind."""
     recipe = load_recipe(path, overrides, library_sections=False)
     if recipe.out_path.exists() and not overwrite:  # the same words as train.check_output
         raise PeftGpt2Error(
             f"{recipe.out_path} already exists; choose another name (--set name=...) or pass --overwrite"
         )
-    check_writable(recipe.out_path.parent)
     check_data_path(recipe.data.path, recipe.data.format)
     return recipe
 
