@@ -145,7 +145,17 @@ class CompletionTrainer(SFTTrainer):
         if self.args.device.type in ("cuda", "xpu"):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs["use_cache"] = False
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        if self.label_smoother is None or "labels" not in inputs:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        # transformers shifts the labels only for a model whose class name it knows as a causal LM, and a prompt-
+        # learning PEFT model shows it LlamaModel/GPT2Model: each logit was scored against its own input token (prefix
+        # tuning's training loss fell to LoRA's while its held-out loss rose). Always shift; prompt tuning's virtual
+        # tokens add logits in front, which no label scores.
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"][:, -labels.shape[1] :]
+        loss = self.label_smoother({"logits": logits}, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
 
 def keep_freed_memory() -> bool:
