@@ -37,6 +37,22 @@ class Stage:
     recipe: Recipe | None = field(default=None, repr=False)
 
     @property
+    def writes(self) -> Path:
+        """The folder (or report) this stage makes."""
+        if self.kind == "train":
+            return self.recipe.out_path.resolve()
+        return Path(self.spec["out"] if self.kind == "merge" else self.output).resolve()
+
+    @property
+    def reads(self) -> set[Path]:
+        """The folders this stage reads that an earlier stage may make: its base model, adapter or runs."""
+        if self.kind == "train":
+            names = [self.recipe.model.name]
+        else:
+            names = [self.spec["adapter"], self.spec.get("model") or ""] if self.kind == "merge" else self.spec["runs"]
+        return {Path(n).resolve() for n in names if n}
+
+    @property
     def output(self) -> Path:
         if self.kind == "train":
             return self.recipe.out_path / PROVENANCE
@@ -105,17 +121,22 @@ def _stage(raw: object, where: str) -> Stage:
 
 
 def run_pipeline(path: str | Path, *, rerun: list[str] | tuple[str, ...] = ()) -> list[Stage]:
-    """Run the stages in order; a stage whose output exists is skipped unless named in ``rerun`` (or "all")."""
+    """Run the stages in order; a stage whose output exists is skipped unless named in ``rerun`` (or "all") or it
+    reads what a stage run in this invocation wrote (a compare of a retrained run, a merge of a retrained adapter)."""
     stages = load_pipeline(path)
     unknown = set(rerun) - {s.name for s in stages} - {"all"}
     if unknown:
         raise PeftGpt2Error(f"--rerun: no stage named {sorted(unknown)}; stages: {[s.name for s in stages]}")
+    made: set[Path] = set()  # folders written in this invocation: a stage reading one is stale
     for stage in stages:
-        again = "all" in rerun or stage.name in rerun
+        stale = sorted(str(p) for p in made & stage.reads)
+        again = "all" in rerun or stage.name in rerun or bool(stale)
         if stage.output.exists() and not again:
             print(f"[{stage.name}] done already ({stage.output}); --rerun {stage.name} to run it again", flush=True)
             continue
-        print(f"[{stage.name}] {stage.kind} ...", flush=True)
+        why = f" (again: {', '.join(stale)} changed)" if stale else ""
+        print(f"[{stage.name}] {stage.kind} ...{why}", flush=True)
+        made.add(stage.writes)
         if stage.kind == "train":
             from peft_gpt2.train import train
 

@@ -65,6 +65,12 @@ def test_pipeline_runs_stages_then_skips_them(tmp_path, tiny_path, monkeypatch, 
     out = capsys.readouterr().out
     assert out.count("done already") == 4
     assert (tmp_path / "adapters" / "instruct" / "peft_gpt2.json").stat().st_mtime_ns == stamp
+    # retraining one run makes the compare that reads it stale, and nothing else
+    assert main(["pipeline", str(path), "--rerun", "instruct"]) == 0
+    out = capsys.readouterr().out
+    assert "[domain] done already" in out and "[merge] done already" in out
+    assert f"[cmp] compare ... (again: {tmp_path.resolve() / 'adapters' / 'instruct'} changed)" in out
+    assert (tmp_path / "adapters" / "instruct" / "peft_gpt2.json").stat().st_mtime_ns != stamp
 
 
 @pytest.mark.parametrize(
