@@ -123,8 +123,15 @@ class TimeEstimate(TrainerCallback):
     time between step ends, so evaluations and checkpoints are counted once they have happened.
     """
 
-    def __init__(self, say: Callable[..., None], limit_s: float = HOUR, clock: Callable[[], float] = time.monotonic):
-        self.say, self.limit_s, self.clock = say, limit_s, clock
+    def __init__(
+        self,
+        say: Callable[..., None],
+        limit_s: float = HOUR,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        full: bool = True,
+    ):
+        self.say, self.limit_s, self.clock, self.full = say, limit_s, clock, full  # full: a full fine-tune
         self.warned, self.reported = False, set()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -179,6 +186,7 @@ class TimeEstimate(TrainerCallback):
         return (
             f"warning: at {rate:.1f} s/step {total:,} steps take {duration(whole)} on this device; "
             f"--set train.max_steps={fits} fits in about {duration(fits * rate)}. A step costs about its tokens: "
-            "a smaller train.per_device_train_batch_size or data.max_length, a smaller model, or LoRA instead of "
-            "full fine-tuning make each step cheaper"
+            "a smaller train.per_device_train_batch_size or data.max_length, a smaller model"
+            + (", or LoRA instead of full fine-tuning" if self.full else "")
+            + " make each step cheaper"
         )

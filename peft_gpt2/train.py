@@ -186,7 +186,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     say(f"method {method_of(recipe)}: {share}, precision {precision}; {ready}", flush=True)
     for line in run_plan(trainer, recipe):  # steps, tokens per step, memory: before an hour is spent
         say(line, flush=True)
-    trainer.add_callback(TimeEstimate(above_the_bar()))
+    trainer.add_callback(TimeEstimate(above_the_bar(), full=recipe.method == "full"))
 
     # 3. Train, with validation loss before and after.
     result, train_time, val_before, val_after = train_between_validations(

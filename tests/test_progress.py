@@ -19,10 +19,13 @@ from peft_gpt2.recipe import load_recipe
 from peft_gpt2.run_folder import STALE_AFTER_S
 
 
-def run_callback(times: list[float], max_steps: int, start_step: int = 0, limit_s: float = 3600) -> list[str]:
+def run_callback(
+    times: list[float], max_steps: int, start_step: int = 0, limit_s: float = 3600, full: bool = True
+) -> list[str]:
     """Feed ``TimeEstimate`` a run whose clock reads ``times``: train begin, then the end of each step."""
     clock, said = iter(times), []
-    callback = TimeEstimate(lambda line, **kw: said.append(line), limit_s=limit_s, clock=lambda: next(clock))
+    say = lambda line, **kw: said.append(line)  # noqa: E731
+    callback = TimeEstimate(say, limit_s=limit_s, clock=lambda: next(clock), full=full)
     state = TrainerState(max_steps=max_steps, global_step=start_step)
     callback.on_train_begin(None, state, None)
     for _ in times[1:]:
@@ -45,6 +48,8 @@ def test_a_slow_run_says_its_duration_and_what_fits_in_an_hour():
     refined = said[3:]  # at 10% and 50%, then silence; the warning is not repeated
     assert [line.split(" s/step over ")[1].split(":")[0] for line in refined] == ["steps 2-100", "steps 2-500"]
     assert len(said) == 5
+    adapter = run_callback(times, max_steps=1000, full=False)[2]  # an adapter run is not told to use LoRA
+    assert adapter.startswith("warning: at 58.0 s/step") and "LoRA" not in adapter
 
 
 def test_a_short_run_is_timed_without_a_warning():
