@@ -26,12 +26,17 @@ def check_train(path: str, overrides: list[str], *, overwrite: bool) -> Recipe:
     Whether the output folder can be written is checked by ``train`` after the library sections: the check creates
     the folder, which a recipe refused for a bad ``train.*`` key must not leave behind."""
     recipe = load_recipe(path, overrides, library_sections=False)
-    if recipe.out_path.exists() and not overwrite:  # the same words as train.check_output
+    check_new_output(recipe, overwrite=overwrite)
+    check_data_path(recipe.data.path, recipe.data.format)
+    return recipe
+
+
+def check_new_output(recipe: Recipe, *, overwrite: bool) -> None:
+    """Refuse to replace a finished run by accident (here, and again in ``train`` for the Python API)."""
+    if recipe.out_path.exists() and not overwrite:
         raise PeftGpt2Error(
             f"{recipe.out_path} already exists; choose another name (--set name=...) or pass --overwrite"
         )
-    check_data_path(recipe.data.path, recipe.data.format)
-    return recipe
 
 
 def check_data_path(source: str, data_format: str) -> None:

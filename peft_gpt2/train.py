@@ -33,6 +33,7 @@ from peft_gpt2.instructions import instruction_rows, save_records
 from peft_gpt2.memory_estimate import peak_memory_mb, reset_peak_memory
 from peft_gpt2.methods import method_label
 from peft_gpt2.model_card import write_extras
+from peft_gpt2.preflight import check_new_output
 from peft_gpt2.progress import TimeEstimate, above_the_bar, run_plan
 from peft_gpt2.recipe import Recipe, dump_recipe, recipe_dict
 from peft_gpt2.run_folder import RECIPE, TEST_SPLIT, TRAIN_LOG, Provenance, check_writable, publish_folder
@@ -254,10 +255,7 @@ def distributed_mode(trainer) -> str:
 def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | None:
     """Refuse to replace an output or discard an unfinished run by accident, or to train a run that cannot be saved;
     the checkpoint to resume from."""
-    if recipe.out_path.exists() and not overwrite:
-        raise PeftGpt2Error(
-            f"{recipe.out_path} already exists; choose another name (--set name=...) or pass --overwrite"
-        )
+    check_new_output(recipe, overwrite=overwrite)
     check_writable(recipe.out_path.parent)
     resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
     remove_leftovers(recipe, keep_checkpoints=resume_from is not None)  # of a killed run; --overwrite
