@@ -4,17 +4,15 @@ in OpenAI's shape, bounded queue."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
 import uvicorn
-from conftest import train_toy_adapter
+from conftest import serving, train_toy_adapter
 from openai import OpenAI
 
 from peft_gpt2 import server as server_module
@@ -49,27 +47,6 @@ def expected(adapter_set) -> dict[tuple[str, str], Completion]:
         for m in MODELS
         for p in PROMPTS
     }
-
-
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its URL; stop it, bounded in time."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "server did not stop"
 
 
 @pytest.fixture(scope="module")
