@@ -54,6 +54,9 @@ class GenerationSettings:
         no_repeat_ngram_size (`int`, defaults to 0): > 0 forbids repeating any n-gram of that size (the paper: 4).
         batch_size (`int`, defaults to 64): Prompts per ``generate`` call (bigger batches pay off, on CPU too).
         seed (`int`, *optional*): Seeds torch before sampling, for repeatable samples; 0 to ``MAX_SEED``.
+        stop_token_ids (`list[int]`, defaults to ``[]``): tokens that end a row besides eos, such as a chat
+            template's end-of-turn (ChatML's ``<|im_end|>``), which stop strings cannot see: they decode without
+            special tokens.
     """
 
     max_new_tokens: int = 128
@@ -68,6 +71,7 @@ class GenerationSettings:
     no_repeat_ngram_size: int = 0
     batch_size: int = 64
     seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         rules = {
@@ -226,7 +230,8 @@ def generate(
         raise PeftGpt2Error(f"got {len(adapter_names)} adapter_names for {len(prompts)} prompts")
     eos = model.generation_config.eos_token_id
     eos = tokenizer.eos_token_id if eos is None else eos  # a list for models with several end tokens
-    eos_ids = set(eos) if isinstance(eos, list) else {eos}
+    eos = [*(eos if isinstance(eos, list) else [eos]), *settings.stop_token_ids]
+    eos_ids = set(eos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
     config = settings.generation_config(eos, pad_id)
     if settings.seed is not None:
