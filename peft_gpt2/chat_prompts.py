@@ -207,3 +207,30 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, template: str) -> list[i
     specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
     token = next((s for s in specials if full.startswith(s, end)), None)
     return [] if token is None else [tokenizer.convert_tokens_to_ids(token)]
+
+
+def fit_history(
+    adapter_set: AdapterSet, adapter: str | None, messages: list[dict], max_new_tokens: int
+) -> tuple[ChatPrompt, list[dict], int]:
+    """``messages`` rendered by `chat_prompt`, their oldest exchanges (a user turn and the answers to it) dropped
+    until the prompt and ``max_new_tokens`` fit the model's positions; system messages are always kept.
+
+    Returns:
+        `tuple[ChatPrompt, list[dict], int]`: the prompt, the messages kept (checked), and how many exchanges were
+        dropped. The last user turn is never dropped: if it alone does not fit, generation says so.
+    """
+    from peft_gpt2.models import max_positions
+
+    messages, dropped = check_messages(messages), 0
+    limit = max_positions(adapter_set.model.config)
+    while True:
+        prompt = chat_prompt(adapter_set, adapter, messages)
+        if not limit or len(adapter_set.tokenizer(prompt.text)["input_ids"]) + max_new_tokens <= limit:
+            return prompt, messages, dropped
+        roles = [(i, m["role"]) for i, m in enumerate(messages) if m["role"] != "system"]
+        before = [None] + [role for _, role in roles[:-1]]
+        starts = [i for (i, role), prev in zip(roles, before, strict=True) if role == "user" and prev != "user"]
+        if len(starts) < 2:
+            return prompt, messages, dropped
+        messages = [m for i, m in enumerate(messages) if m["role"] == "system" or i >= starts[1]]
+        dropped += 1
