@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from peft_gpt2.generation import MAX_SEED, MIN_TEMPERATURE
@@ -57,6 +57,16 @@ Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), BeforeVali
 
 
 TokenId = Annotated[int, Field(ge=0)]
+
+
+def _prompt_kind(value: object) -> str:
+    """Which shape a (listed) prompt has, so a bad one is refused for that shape alone, naming its field."""
+    return "ids" if isinstance(value, list) and value and isinstance(value[0], list) else "text"
+
+
+Prompt = Annotated[
+    Annotated[list[Text], Tag("text")] | Annotated[list[list[TokenId]], Tag("ids")], Discriminator(_prompt_kind)
+]
 
 
 class StreamOptions(BaseModel):
@@ -118,9 +128,9 @@ class CompletionRequest(Sampling):
     """OpenAI's ``/v1/completions`` body: ``prompt`` is text or token ids, one or a list; ``echo`` with
     ``max_tokens: 0`` scores the prompt alone, as evaluation harnesses do."""
 
-    prompt: list[Text] | list[list[TokenId]]  # or one string, or one list of token ids
-    max_tokens: int = Field(16, ge=0)
+    prompt: Prompt  # or one string, or one list of token ids
     echo: bool = False
+    max_tokens: int = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     template: bool = False
     best_of: int | None = 1
@@ -137,12 +147,12 @@ class CompletionRequest(Sampling):
         one = isinstance(value, str) or (isinstance(value, list) and bool(value) and isinstance(value[0], int))
         return [value] if one else value
 
-    @model_validator(mode="after")
-    def _tokens_to_generate(self) -> CompletionRequest:
-        if self.max_tokens == 0 and not self.echo:
-            message = "max_tokens: 0 only with echo (to score the prompt); send at least 1"
-            raise PydanticCustomError("invalid_value", message)
-        return self
+    @field_validator("max_tokens")
+    @classmethod
+    def _tokens_to_generate(cls, value: int, info: ValidationInfo) -> int:
+        if value == 0 and not info.data.get("echo"):
+            raise PydanticCustomError("invalid_value", "0 only with echo (to score the prompt); send at least 1")
+        return value
 
 
 class ChatRequest(Sampling):
