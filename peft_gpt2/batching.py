@@ -90,6 +90,11 @@ class Engine:
         if mode != "lock":
             threading.Thread(target=self._loop, name="peft-gpt2-batcher", daemon=True).start()
 
+    @property
+    def queued(self) -> int:
+        """Requests admitted and not yet running (roughly: the worker may be taking one)."""
+        return self.queue.qsize()
+
     def submit(self, job: Job) -> None:
         """Admit ``job`` or refuse it at once: what waits never grows past ``max_queue`` requests."""
         if self.closed:

@@ -189,7 +189,7 @@ def create_app(
     )
     runtime = RuntimeAdapters(adapter_set, engine, [Path(d) for d in adapter_dirs or []], max_loras)
     rows = lambda: getattr(engine, "running", 0)  # noqa: E731
-    metrics = ServerMetrics(engine.queue.qsize, rows, lambda: len(adapter_set.names))
+    metrics = ServerMetrics(lambda: engine.queued, rows, lambda: len(adapter_set.names))
     engine.metrics = runtime.metrics = metrics
     limit = min(max_new_tokens_limit, positions - 1)
     app = FastAPI(title="peft-gpt2", lifespan=_lifespan)

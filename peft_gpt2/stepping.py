@@ -39,6 +39,7 @@ class StepEngine(Engine):
     def __init__(self, adapter_set: AdapterSet, max_batch: int, wait_s: float, max_queue: int) -> None:
         self.retiring: set[str] = set()  # adapters being unloaded: no new rows; freed when their rows end
         self.running = 0
+        self.waiting: deque[Job] = deque()  # taken from the queue, not yet admitted to the batch
         self.metrics = None  # a ``serving_metrics.ServerMetrics``, set by the server
         super().__init__(adapter_set, "step", max_batch, wait_s, max_queue)
 
@@ -48,8 +49,13 @@ class StepEngine(Engine):
         with contextlib.suppress(queue.Full):
             self.queue.put_nowait(_WAKE)
 
+    @property
+    def queued(self) -> int:
+        """Requests admitted and not yet running."""
+        return self.queue.qsize() + len(self.waiting)
+
     def _loop(self) -> None:
-        waiting: deque[Job] = deque()
+        waiting = self.waiting
         rows: list[Row] = []
         batch: Batch | None = None
         while not self.closed:

@@ -4,7 +4,6 @@ loaded and unloaded at run time, metrics, and a client that goes away mid-stream
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,6 +42,13 @@ def url(adapter_set, root):
     app = create_app(adapter_set, adapter_dirs=[root[0] / "allowed"], max_loras=2, max_batch=4)
     with serving(app) as url:
         yield url, app
+
+
+def wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def alone(adapter_set, prompt, adapter, tokens, stop=(), stop_token_ids=()):
@@ -145,3 +151,75 @@ def test_load_use_unload_and_confinement(url, root, adapter_set):
     while "X" in adapter_set.names and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "X" not in adapter_set.names  # its weights are gone too
+
+
+def test_unload_while_requests_are_queued_never_answers_with_another_adapter(root, adapter_set):
+    """max_batch=1: one long request for A2 runs while more for A2 and A wait; unloading A2 lets the running one
+    finish, refuses the queued ones with 404, and A's requests get A's answer."""
+    allowed = root[0] / "allowed"
+    if "A2" in adapter_set.names:  # loaded by the test before, through the other app
+        adapter_set.unload("A2")
+    app = create_app(adapter_set, adapter_dirs=[allowed], max_batch=1)
+    request = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http, ThreadPoolExecutor(8) as pool:
+        assert http.post("/v1/load_lora_adapter", json={"lora_name": "A2", "lora_path": str(allowed / "A2")}).is_success
+        want = http.post("/v1/completions", json={"model": "A", **request}).json()["choices"][0]["text"]
+        engine = app.state.served.engine
+        long = pool.submit(http.post, "/v1/completions", json={"model": "A2", **request, "max_tokens": 300})
+        wait_for(lambda: engine.running)
+        queued = [pool.submit(http.post, "/v1/completions", json={"model": m, **request}) for m in ("A2", "A") * 3]
+        wait_for(lambda: engine.queued == len(queued))
+        assert http.post("/v1/unload_lora_adapter", json={"lora_name": "A2"}).is_success
+        assert long.result().status_code == 200 and long.result().json()["usage"]["completion_tokens"] == 300
+        for k, future in enumerate(queued):
+            response = future.result()
+            if k % 2:
+                assert response.status_code == 200 and response.json()["choices"][0]["text"] == want
+            else:
+                assert response.status_code == 404 and "unloaded" in response.json()["error"]["message"]
+    assert "A2" not in adapter_set.names
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(url):
+    base, app = url
+    engine = app.state.served.engine
+    body = {"model": "A", "prompt": "The", "max_tokens": 500, "temperature": 0, "stream": True}
+    start = time.monotonic()
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as response:
+        next(line for line in response.iter_lines() if line.startswith("data: "))
+    deadline = time.monotonic() + 20
+    while (engine.running or engine.slots._value < engine.max_queue) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.running == 0 and engine.slots._value == engine.max_queue
+    leaving = time.monotonic() - start
+    whole = httpx.post(base + "/v1/completions", json={**body, "stream": False}, timeout=120)
+    assert whole.json()["usage"]["completion_tokens"] == 500
+    assert leaving < time.monotonic() - start - leaving  # gone well before 500 tokens would have taken
+
+
+def test_metrics_parse_with_prometheus_own_parser(url):
+    base, _ = url
+    with httpx.Client(base_url=base, timeout=60) as http:
+        http.post("/v1/completions", json={"model": "A", "prompt": PROMPT, "max_tokens": 3})
+        http.post("/v1/completions", json={"model": "nope", "prompt": PROMPT})
+        text = http.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = {
+        (s.labels["endpoint"], s.labels["model"], s.labels["status"]): s.value
+        for s in families["peft_gpt2_requests"].samples
+        if s.name.endswith("_total")
+    }
+    assert requests[("completions", "A", "200")] >= 1 and requests[("completions", "unknown", "404")] >= 1
+    for name in ("peft_gpt2_time_to_first_token_seconds", "peft_gpt2_request_duration_seconds"):
+        counts = [s.value for s in families[name].samples if s.name.endswith("_count")]
+        assert sum(counts) >= 1
+    rows = [s.value for s in families["peft_gpt2_decode_batch_rows"].samples if s.name.endswith("_count")]
+    assert rows and rows[0] >= 2  # one step per generated token after the first
+    assert {"peft_gpt2_queued_requests", "peft_gpt2_running_rows", "peft_gpt2_loaded_adapters"} <= set(families)
+
+
+def test_runtime_loading_is_off_unless_folders_are_named(adapter_set):
+    with serving(create_app(adapter_set)) as base:
+        for path in ("load", "unload"):
+            response = httpx.post(f"{base}/v1/{path}_lora_adapter", json={"lora_name": "A2", "lora_path": "/tmp"})
+            assert response.status_code == 404 and "--adapter-dir" in response.json()["error"]["message"]
