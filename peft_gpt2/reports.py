@@ -39,8 +39,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("cider", "CIDEr", ".2f"),
     ("rouge_l_e2e", "ROUGE-L (E2E)", ".3f"),
     ("meteor", "METEOR", ".3f"),
-    ("acc", "acc", ".3f"),  # this and the next: multiple-choice data only (lm_eval's acc and acc_norm)
-    ("acc_norm", "acc_norm", ".3f"),
+    ("acc", "MC acc", ".3f"),  # this and the next: multiple-choice data only (lm_eval's acc and acc_norm)
+    ("acc_norm", "MC acc_norm", ".3f"),
     ("perplexity", "perplexity", ".2f"),
     ("token_accuracy", "token accuracy", ".3f"),
     ("trainable_parameters", "trainable params", ",.0f"),

@@ -124,5 +124,5 @@ def test_compare_and_report_carry_acc_with_intervals(tmp_path, tiny_path):
     assert 0 < rows[0]["acc_p"] <= 1 and "f1_lo" not in rows[0]
     paths = write_report(rows, tmp_path / "out", "mc")
     header = next(line for line in paths["md"].read_text().splitlines() if line.startswith("| model"))
-    assert "| acc |" in header and "| acc_norm |" in header
+    assert "| MC acc |" in header and "| MC acc_norm |" in header
     assert json.loads(paths["json"].read_text())["rows"][0]["acc_norm_within_noise"] in (True, False)  # base vs toy-A
