@@ -104,10 +104,11 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "method": run.method,
         "base": run.base if run.kind != "model" else None,
         "dataset": dataset,
-        **{k: metrics[k] for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
+        **{k: metrics.get(k) for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
         **{k: metrics.get(k) for k in ("nist", "cider", "rouge_l_e2e", "meteor")},  # multi-reference data only
-        "perplexity": metrics["perplexity"],
-        "token_accuracy": metrics["token_accuracy"],
+        **{k: metrics.get(k) for k in ("acc", "acc_norm")},  # multiple-choice data only, which has none of the above
+        "perplexity": metrics.get("perplexity"),
+        "token_accuracy": metrics.get("token_accuracy"),
         "trainable_parameters": p.trainable_parameters,
         "tokens_seen": p.tokens_seen,
         "adapter_size_mb": round(disk_size_mb(run.path), 2) if run.path else None,
@@ -115,7 +116,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "peak_memory_mb": p.peak_memory_mb,
         "eval_time_s": round(eval_time, 2),
         "examples": metrics["examples"],
-        "mean_answer_words": metrics["mean_answer_words"],
+        "mean_answer_words": metrics.get("mean_answer_words"),
     }
 
 
@@ -224,11 +225,13 @@ def compare(
             items[run.label, name] = result["items"]
             if answers_dir is not None:
                 write_jsonl(result["answers"], answers_dir / f"{run.label}.{name}.answers.jsonl")
-            print(
-                f"{run.label:>24} {name:>16}: F1 {result['metrics']['f1']:.3f}  BLEU {result['metrics']['bleu']:.3f}  "
-                f"perplexity {result['metrics']['perplexity']:.2f}",
-                flush=True,
+            m = result["metrics"]
+            said = (
+                f"acc {m['acc']:.3f}  acc_norm {m['acc_norm']:.3f}"  # multiple choice
+                if "acc" in m
+                else f"F1 {m['f1']:.3f}  BLEU {m['bleu']:.3f}  perplexity {m['perplexity']:.2f}"
             )
+            print(f"{run.label:>24} {name:>16}: {said}", flush=True)
         return rows
 
     rows = []

@@ -23,6 +23,8 @@ from peft_gpt2.chat_eval import CHAT_KEYS, answer_chats, chat_loss_rows, chat_re
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings, generate
 from peft_gpt2.instructions import validate_records
+from peft_gpt2.multiple_choice import TASK as CHOICE_TASK
+from peft_gpt2.multiple_choice import choice_records, is_choices, score_choices
 from peft_gpt2.scoring import completion_loss
 from peft_gpt2.sources import read_source
 from peft_gpt2.templates import DEFAULT_TEMPLATE, get_template
@@ -32,19 +34,22 @@ if TYPE_CHECKING:
 
 TASK_FIELDS: dict[str, tuple[str, ...]] = {"qa": ("question", "answer"), "instructions": ("instruction", "output")}
 """Fields each task's records must have; task detection looks for the first of each."""
-TASKS = (*TASK_FIELDS, "chat")  # chat: conversations, scored on their last assistant turn
+TASKS = (*TASK_FIELDS, "chat", CHOICE_TASK)  # chat: last assistant turn; multiple_choice: peft_gpt2.multiple_choice
 
 
 def _detect_task(first: object, source: str) -> str:
     keys = sorted(first) if isinstance(first, dict) else []
     if any(key in keys for key in CHAT_KEYS):
         return "chat"
+    if "choices" in keys:
+        return CHOICE_TASK
     for task, fields in TASK_FIELDS.items():
         if fields[0] in keys:
             return task
     raise PeftGpt2Error(
         f"{source}: record 0: cannot tell the task: expected {{'question', 'answer'}} (qa), "
-        f"{{'instruction', 'input', 'output'}} (instructions) or {{'messages'}} / {{'conversations'}} (chat), got "
+        f"{{'instruction', 'input', 'output'}} (instructions), {{'messages'}} / {{'conversations'}} (chat) or "
+        f"{{'question', 'choices', 'answer'}} (multiple_choice), got "
         + (f"keys {keys[:8]}" if isinstance(first, dict) else f"a {type(first).__name__}")
     )
 
@@ -55,9 +60,10 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     Args:
         source (`str`): A JSON or JSONL file (or anything `peft_gpt2.sources.read_source` reads) of QA records
             (``question``, ``answer``), Alpaca records (``instruction``, ``input``, ``output``) or conversations
-            (OpenAI ``messages`` / ShareGPT ``conversations``, as ``data.format: messages`` reads them).
-        task (`str`, *optional*): ``"qa"``, ``"instructions"`` or ``"chat"``; detected from the first record's keys
-            if unset.
+            (OpenAI ``messages`` / ShareGPT ``conversations``, as ``data.format: messages`` reads them), or
+            multiple-choice records (``question``, ``choices``, ``answer``: kept as they are).
+        task (`str`, *optional*): ``"qa"``, ``"instructions"``, ``"chat"`` or ``"multiple_choice"``; detected from
+            the first record's keys if unset.
 
     Returns:
         `tuple[list[dict], str]`: Records with ``instruction``, ``input``, ``output`` (QA: the question, ``""``,
@@ -79,6 +85,8 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     task = task or _detect_task(raw[0], source)
     if task == "chat":
         return chat_records(raw, source), task
+    if task == CHOICE_TASK:
+        return choice_records(raw, source), task
     if task == "qa":
         for i, record in enumerate(raw):
             if not isinstance(record, dict):
@@ -121,7 +129,8 @@ def evaluate_model(
 ) -> dict:
     """Generate an answer per record and score it, plus completion perplexity: the one evaluation path.
 
-    Training-time evaluation and model comparison call this, so their numbers are comparable.
+    Training-time evaluation and model comparison call this, so their numbers are comparable. Multiple-choice
+    records are scored instead by `peft_gpt2.multiple_choice.score_choices` (``acc``, ``acc_norm``; no generation).
 
     Args:
         model (`PreTrainedModel` or `PeftModel`): The model to score, unmerged adapter or not.
@@ -149,6 +158,8 @@ def evaluate_model(
 
     if not records:
         raise PeftGpt2Error("no records to evaluate")
+    if is_choices(records):  # scored by each choice's log-likelihood, as lm_eval does; nothing is generated
+        return score_choices(model, tokenizer, records, batch_size=batch_size, max_length=max_length)
     # conversations are scored on their last assistant turn (its content + end-of-turn), given the turns before it
     chat = is_chat(records)
     pairs = chat_loss_rows(tokenizer, records) if chat else [get_template(template).render(r) for r in records]

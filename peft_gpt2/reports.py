@@ -39,6 +39,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("cider", "CIDEr", ".2f"),
     ("rouge_l_e2e", "ROUGE-L (E2E)", ".3f"),
     ("meteor", "METEOR", ".3f"),
+    ("acc", "MC acc", ".3f"),  # this and the next: multiple-choice data only (lm_eval's acc and acc_norm)
+    ("acc_norm", "MC acc_norm", ".3f"),
     ("perplexity", "perplexity", ".2f"),
     ("token_accuracy", "token accuracy", ".3f"),
     ("trainable_parameters", "trainable params", ",.0f"),
@@ -73,7 +75,7 @@ def _cell(row: dict, key: str, spec: str) -> str:
     return f"{NOISE} {text}" if row.get(f"{key}_within_noise") else text
 
 
-OPTIONAL = ("nist", "cider", "rouge_l_e2e", "meteor")  # shown only where some row has a value
+OPTIONAL = ("nist", "cider", "rouge_l_e2e", "meteor", "acc", "acc_norm")  # shown only where some row has a value
 
 
 def shown(rows: Iterable[dict]) -> list[tuple[str, str, str]]:

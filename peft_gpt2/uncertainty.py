@@ -31,6 +31,7 @@ RESAMPLES = 1000  # bounds move by 2-3% of the interval width from seed to seed 
 SEED = 0
 CONFIDENCE = 0.95
 MEAN_METRICS = ("f1", "precision", "recall", "exact_match", "sentence_bleu", "rouge_l")
+CHOICE_METRICS = ("acc", "acc_norm")  # multiple-choice data (peft_gpt2.multiple_choice), whose items hold only these
 RATIO_METRICS = {"perplexity": "nll", "token_accuracy": "correct"}  # numerator column, over ``tokens``
 METRICS = (*MEAN_METRICS, "bleu", "perplexity", "token_accuracy")
 """Metrics `additive` recomputes from ``evaluate_model``'s ``items`` for every data set."""
@@ -98,7 +99,7 @@ def _ratio(log: bool) -> Finish:
 
 def additive(items: Mapping[str, list], metric: str) -> tuple[np.ndarray, Finish]:
     """``(x, finish)``: per-item statistics ``(n, k)`` whose (weighted) sum `finish` turns into the metric."""
-    if metric in MEAN_METRICS or metric in ("cider", "rouge_l_e2e"):  # per-item values, averaged
+    if metric in MEAN_METRICS or metric in ("cider", "rouge_l_e2e", *CHOICE_METRICS):  # per-item values, averaged
         column = np.asarray(items[metric], dtype=np.float64)
         return np.stack([column, np.ones_like(column)], axis=1), _ratio(log=False)
     if metric == "bleu":
@@ -206,7 +207,7 @@ def _paired(x: np.ndarray, ref: np.ndarray, finish: Finish, diffs: np.ndarray, *
 def compare_rows(
     items: Mapping[str, Mapping[str, list]],
     reference: str | None,
-    metrics: tuple[str, ...] = METRICS + MULTI_REFERENCE_METRICS,
+    metrics: tuple[str, ...] = METRICS + MULTI_REFERENCE_METRICS + CHOICE_METRICS,
     *,
     resamples: int = RESAMPLES,
     seed: int = SEED,
@@ -232,9 +233,12 @@ def compare_rows(
     weights = counts(draws(n, resamples, seed), n)
     out: dict[str, dict] = {label: {} for label in items}
     needs = {"bleu": "bleu_stats", "nist": "nist_stats", "perplexity": "nll", "token_accuracy": "correct"}
+    choices = all("acc" in c for c in items.values())  # multiple choice: acc and acc_norm, no text metrics
     for metric in metrics:
         if metric in MULTI_REFERENCE_METRICS and not all(needs.get(metric, metric) in c for c in items.values()):
             continue  # NIST and CIDEr exist only for multi-reference data
+        if choices != (metric in CHOICE_METRICS):
+            continue
         stats = {label: additive(columns, metric) for label, columns in items.items()}
         drawn = {label: finish(weights @ x) for label, (x, finish) in stats.items()}
         for label, (x, finish) in stats.items():
@@ -250,6 +254,7 @@ def compare_rows(
 
 
 __all__ = [
+    "CHOICE_METRICS",
     "CONFIDENCE",
     "METRICS",
     "RESAMPLES",
