@@ -181,7 +181,7 @@ class AdapterSet:
         with self.lock:
             if name is not None:
                 self._known(name)
-            with self._routed([name]):
+            with self.routed([name]):
                 self._scope.append(name)
                 try:
                     yield
@@ -246,7 +246,7 @@ class AdapterSet:
         return get_template(next((t for t in recorded if t in TEMPLATES), Provenance().template))
 
     @contextmanager
-    def _routed(self, rows: list[str | None]) -> Iterator[dict]:
+    def routed(self, rows: list[str | None]) -> Iterator[dict]:
         """Set the model up for ``rows`` (one adapter name or ``None`` each); yield the extra forward kwargs."""
         if self._scope:
             if any(row != self._scope[-1] for row in rows):
@@ -304,7 +304,7 @@ class AdapterSet:
             groups = [range(len(rows))] if together else [[i for i, r in enumerate(rows) if r == n] for n in order]
             done: list[Completion] = [None] * len(rows)  # type: ignore[list-item]
             for idx in groups:
-                with self._routed([rows[i] for i in idx]) as extra:
+                with self.routed([rows[i] for i in idx]) as extra:
                     answers = generate(self.model, self.tokenizer, [texts[i] for i in idx], settings, **extra)
                 for i, answer in zip(idx, answers, strict=True):
                     done[i] = answer

@@ -1,4 +1,5 @@
-"""The body of ``/v1/completions``, checked field by field before anything is queued (see ``server`` for the limits).
+"""The bodies of ``/v1/completions`` and ``/v1/chat/completions``, checked field by field before anything is queued
+(see ``server`` for the limits).
 
 Kept apart from ``server`` so the request's bounds are read in one place. Every value a client sends is bounded
 here or by ``server.Completions.check_limits`` (the server's own settings): a value that reached the model unchecked
@@ -10,14 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from peft_gpt2.generation import MAX_SEED, MIN_TEMPERATURE
 
 MAX_STOP = 4  # stop strings per request, as OpenAI
 MAX_STOP_CHARS = 64  # per stop string: generation decodes its UTF-8 bytes (+1) newest tokens of each row per step
-UNSUPPORTED = ("n", "best_of", "echo", "stream", "logprobs", "suffix", "presence_penalty", "frequency_penalty")
+MAX_LOGPROBS = 20  # top log-probabilities per token, as vLLM (OpenAI: 5 for completions, 20 for chat)
+UNSUPPORTED = (
+    "n", "best_of", "suffix", "presence_penalty", "frequency_penalty", "tools", "response_format", "logit_bias",
+)
 # Pydantic error types of a well-typed value out of range (ge=, le=, max_length=, not finite, not text) or refused
 # by a validator below: answered 400, as OpenAI does. Other errors (not JSON, a missing field, a wrong type) are 422.
 VALUE_ERRORS = {
@@ -52,38 +56,42 @@ Text = Annotated[str, BeforeValidator(_text)]
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), BeforeValidator(_text)]
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's ``/v1/completions`` body. Fields in ``UNSUPPORTED`` may only hold their defaults (or null); null
-    elsewhere means the default. Limits set by the server (largest ``max_tokens``, prompts per request) are its own."""
+TokenId = Annotated[int, Field(ge=0)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    """What both endpoints share. Fields in ``UNSUPPORTED`` may only hold their defaults (or null); null elsewhere
+    means the default. Limits set by the server (largest ``max_tokens``, prompts per request) are its own."""
 
     model_config = ConfigDict(strict=True)
 
     model: Text
-    prompt: list[Text]  # or one string
-    max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
     top_p: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
     stop: list[Stop] = Field([], max_length=MAX_STOP)  # or one string, or null
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    template: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int | None = 1
-    best_of: int | None = 1
-    echo: bool | None = False
-    stream: bool | None = False
-    logprobs: int | None = None
-    suffix: str | None = None
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
+    logit_bias: dict | None = None
 
-    @field_validator("max_tokens", "temperature", "top_p", mode="before")
+    @field_validator("temperature", "top_p", "stream", mode="before")
     @classmethod
     def _null_means_default(cls, value, info: ValidationInfo):
         return cls.model_fields[info.field_name].default if value is None else value
 
-    @field_validator(*UNSUPPORTED)
+    @field_validator(*UNSUPPORTED, check_fields=False)
     @classmethod
     def _default_only(cls, value, info: ValidationInfo):
-        if value is not None and value != cls.model_fields[info.field_name].default:
+        if value not in (None, {}, []) and value != cls.model_fields[info.field_name].default:
             hint = " (one completion per prompt only)" if info.field_name in ("n", "best_of") else ""
             context = {"value": _shown(value), "hint": hint}
             raise PydanticCustomError("invalid_value", "{value} is not supported{hint}", context)
@@ -96,7 +104,58 @@ class CompletionRequest(BaseModel):
             raise PydanticCustomError("invalid_value", f"must be > 0 when sampling (temperature >= {MIN_TEMPERATURE})")
         return value
 
-    @field_validator("prompt", "stop", mode="before")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _one_or_many(cls, value, info: ValidationInfo):
-        return [value] if isinstance(value, str) else [] if value is None and info.field_name == "stop" else value
+    def _one_or_none(cls, value):
+        return [value] if isinstance(value, str) else [] if value is None else value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(Sampling):
+    """OpenAI's ``/v1/completions`` body: ``prompt`` is text or token ids, one or a list; ``echo`` with
+    ``max_tokens: 0`` scores the prompt alone, as evaluation harnesses do."""
+
+    prompt: list[Text] | list[list[TokenId]]  # or one string, or one list of token ids
+    max_tokens: int = Field(16, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    template: bool = False
+    best_of: int | None = 1
+    suffix: str | None = None
+
+    @field_validator("max_tokens", "echo", mode="before")
+    @classmethod
+    def _null_is_default(cls, value, info: ValidationInfo):
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        one = isinstance(value, str) or (isinstance(value, list) and bool(value) and isinstance(value[0], int))
+        return [value] if one else value
+
+    @model_validator(mode="after")
+    def _tokens_to_generate(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            message = "max_tokens: 0 only with echo (to score the prompt); send at least 1"
+            raise PydanticCustomError("invalid_value", message)
+        return self
+
+
+class ChatRequest(Sampling):
+    """OpenAI's ``/v1/chat/completions`` body; ``messages`` are checked by ``chat_prompts.check_messages``."""
+
+    messages: list[dict] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name; wins over max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list | None = None
+    response_format: dict | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or 16

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -50,15 +51,30 @@ def shutting_down() -> ApiError:
 
 @dataclass(eq=False)
 class Job:
-    """One request: its rows, and the future its handler awaits (one ``Completion`` per prompt)."""
+    """One request: its rows, and the future its handler awaits (one ``Completion`` per prompt).
 
-    prompts: list[str]
+    ``prompts`` are texts, or token ids (step mode only, as are ``logprobs``, ``echo`` and ``on_text``). A streaming
+    handler passes ``on_text(index, text)``, called from the engine's thread with each row's new text (the rest, and
+    the finish reason, come with the result), and sets ``cancelled`` when its client goes away.
+    """
+
+    prompts: list[str] | list[list[int]]
     adapter: str | None
     settings: GenerationSettings
     key: tuple  # requests with equal keys may share a generate call
     limit: int  # prompt tokens allowed
     future: concurrent.futures.Future[list[Completion]] = field(default_factory=concurrent.futures.Future)
     prompt_tokens: int = 0
+    logprobs: int | None = None  # top log-probabilities per token
+    echo: bool = False  # answer with the prompt (and its log-probabilities) first
+    on_text: Callable[[int, str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    score_only: bool = False  # echo with max_tokens 0: the prompt's log-probabilities, nothing generated
+    model: str = ""  # the name the client asked for, for metrics
+    created: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    ids: list[list[int]] = field(default_factory=list)  # the prompts' token ids, once checked
+    results: list[Completion | None] = field(default_factory=list)
 
 
 class Engine:
@@ -71,7 +87,7 @@ class Engine:
         self.queue: queue.Queue[Job | None] = queue.Queue(max_queue)
         self.closed = False
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "peft-gpt2-lock") if mode == "lock" else None
-        if mode == "batch":
+        if mode != "lock":
             threading.Thread(target=self._loop, name="peft-gpt2-batcher", daemon=True).start()
 
     def submit(self, job: Job) -> None:

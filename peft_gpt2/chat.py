@@ -2,24 +2,31 @@
 
     peft-gpt2 chat --adapter alpaca=adapters/alpaca-lora --adapter sherlock=adapters/sherlock-lm
 
-Each line typed is one instruction, rendered through the prompt template the model was trained with;
-there is no conversation memory, because the templates hold one instruction and one response.
+The conversation is remembered: every turn sends the whole history (and a ``/system`` message), rendered by
+``chat_prompts.chat_prompt`` in the format the answering adapter was trained with (the chat template for an
+adapter trained on conversations, instruction sections for one trained on instructions), as the server's
+``/v1/chat/completions`` renders it. The history survives ``/adapter`` switches; ``/reset`` forgets it. When it
+outgrows the model's positions, the oldest exchanges are dropped, and the chat says how many.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from peft_gpt2.adapter_set import AdapterSet
+from peft_gpt2.chat_prompts import fit_history
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
 
 HELP = """\
-Type an instruction and press Enter. Commands:
-  /adapter NAME   answer with adapter NAME
-  /base           answer with the bare base model (adapters off)
+Type a message and press Enter; the conversation so far goes with it. Commands:
+  /adapter NAME   answer with adapter NAME (the conversation is kept)
+  /base           answer with the bare base model (adapters off; the conversation is kept)
   /adapters       list the loaded adapters (* marks the active one)
+  /system TEXT    set the system message (/system alone removes it)
+  /reset          forget the conversation (the system message stays)
   /help           this text
   /quit           leave (Ctrl-D too)"""
 
@@ -30,6 +37,33 @@ def _listing(adapter_set: AdapterSet) -> str:
     return "\n".join([*names, base])
 
 
+def answer_turn(
+    adapter_set: AdapterSet, history: list[dict], text: str, settings: GenerationSettings, print_fn: Callable
+) -> list[dict]:
+    """Answer ``text`` after ``history`` with the active adapter, print the answer; the history to keep.
+
+    The history comes back with the exchange added (an empty answer adds nothing) and, when it did not fit the
+    model with ``settings.max_new_tokens``, without its oldest exchanges, said in one printed line.
+    """
+    messages = [*history, {"role": "user", "content": text}]
+    prompt, messages, dropped = fit_history(adapter_set, adapter_set.active, messages, settings.max_new_tokens)
+    if dropped:
+        print_fn(
+            f"(the conversation outgrew the model's positions: dropped the {dropped} oldest "
+            f"turn{'s' if dropped > 1 else ''}; /reset starts afresh)"
+        )
+    decoding = replace(settings, stop=prompt.stop, stop_token_ids=prompt.stop_token_ids)
+    answer = adapter_set.generate([prompt.text], settings=decoding, raw=True)[0].text
+    print_fn(answer or "(empty answer)")
+    return [*messages, {"role": "assistant", "content": answer}] if answer else messages[:-1]
+
+
+def _system(history: list[dict], text: str) -> list[dict]:
+    """``history`` with its system message set to ``text`` (removed when ``text`` is empty)."""
+    turns = [m for m in history if m["role"] != "system"]
+    return [{"role": "system", "content": text}, *turns] if text else turns
+
+
 def run_chat(
     adapter_set: AdapterSet,
     *,
@@ -37,11 +71,12 @@ def run_chat(
     input_fn: Callable[[str], str] = input,
     print_fn: Callable[..., None] = print,
 ) -> int:
-    """Read instructions and commands until ``/quit`` or end of input; print each answer.
+    """Read messages and commands until ``/quit`` or end of input; print each answer.
 
     Args:
         adapter_set (`AdapterSet`): the base and its adapters; ``/adapter`` and ``/base`` call its ``use``.
-        settings (`GenerationSettings`, *optional*): decoding; greedy by default.
+        settings (`GenerationSettings`, *optional*): decoding; greedy by default (stop strings and end-of-turn
+            tokens come from each turn's rendering).
         input_fn (`Callable[[str], str]`, defaults to `input`): reads one line, given the prompt; raises
             ``EOFError`` at the end of input (scripted in tests).
         print_fn (`Callable`, defaults to `print`): writes one message.
@@ -49,7 +84,8 @@ def run_chat(
     Returns:
         `int`: the number of answers given.
     """
-    answers = 0
+    settings = settings or GenerationSettings()
+    answers, history = 0, []
     print_fn(HELP)
     while True:
         try:
@@ -61,34 +97,46 @@ def run_chat(
             continue
         if not line.startswith("/"):
             try:
-                print_fn(adapter_set.generate([line], settings=settings)[0].text or "(empty answer)")
+                history = answer_turn(adapter_set, history, line, settings, print_fn)
                 answers += 1
             except KeyboardInterrupt:  # Ctrl-C stops a long answer, not the chat
                 print_fn("(interrupted)")
-            except PeftGpt2Error as err:  # e.g. an instruction too long for the model
+            except PeftGpt2Error as err:  # e.g. a message too long for the model
                 print_fn(f"error: {err}")
             continue
         command, _, arg = line[1:].partition(" ")
         arg = arg.strip()
         if command in ("quit", "exit", "q"):
             return answers
-        if command == "help":
-            print_fn(HELP)
-        elif command == "adapters":
-            print_fn(_listing(adapter_set))
-        elif command == "base":
-            adapter_set.use(None)
-            print_fn("now answering with the base model (adapters off)")
-        elif command == "adapter" and arg:
-            try:
-                adapter_set.use(arg)
-                print_fn(f"now answering with adapter {arg}")
-            except PeftGpt2Error as err:
-                print_fn(str(err))
-        elif command == "adapter":
-            print_fn("usage: /adapter NAME\n" + _listing(adapter_set))
+        if command == "reset":
+            history = _system([], next((m["content"] for m in history if m["role"] == "system"), ""))
+            print_fn("conversation forgotten (the system message stays)")
+        elif command == "system":
+            history = _system(history, arg)
+            print_fn("system message set" if arg else "system message removed")
         else:
-            print_fn(f"unknown command /{command}; /help lists them")
+            _switch_or_list(adapter_set, command, arg, print_fn)
+
+
+def _switch_or_list(adapter_set: AdapterSet, command: str, arg: str, print_fn: Callable) -> None:
+    """The commands that do not touch the conversation: /help, /adapters, /base, /adapter NAME."""
+    if command == "help":
+        print_fn(HELP)
+    elif command == "adapters":
+        print_fn(_listing(adapter_set))
+    elif command == "base":
+        adapter_set.use(None)
+        print_fn("now answering with the base model (adapters off)")
+    elif command == "adapter" and arg:
+        try:
+            adapter_set.use(arg)
+            print_fn(f"now answering with adapter {arg}")
+        except PeftGpt2Error as err:
+            print_fn(str(err))
+    elif command == "adapter":
+        print_fn("usage: /adapter NAME\n" + _listing(adapter_set))
+    else:
+        print_fn(f"unknown command /{command}; /help lists them")
 
 
 def chat_main(

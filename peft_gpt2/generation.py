@@ -148,6 +148,10 @@ def describe_decoding(settings: GenerationSettings) -> str:
     return f"{how}, max_new_tokens={settings.max_new_tokens}{extra}"
 
 
+TokenLogprob = tuple[int, float | None, tuple[tuple[int, float], ...]]
+"""A token id, its log-probability under the model (``None`` for a prompt's first token) and the top ones."""
+
+
 @dataclass(frozen=True)
 class Completion:
     """One generated answer: its text, how many tokens the model generated for it, and why it ended.
@@ -159,6 +163,7 @@ class Completion:
     text: str
     tokens: int
     finish_reason: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the server's, when asked for: the echoed prompt's, then the answer's
 
     def __str__(self) -> str:
         return self.text
@@ -254,7 +259,7 @@ def generate(
             names = [adapter_names[i] for i in idx] if adapter_names is not None else None
             rows = _generate_batch(model, tokenizer, [prompts[i] for i in idx], config, settings.stop, eos_ids, names)
             for i, row in zip(idx, rows, strict=True):
-                results[i] = _completion(row, eos_ids, tokenizer, settings)
+                results[i] = completion_of(row, eos_ids, tokenizer, settings)
     finally:
         model.train(was_training)
     return results
@@ -276,7 +281,7 @@ def _generate_batch(model, tokenizer, prompts: list[str], config, stop, eos_ids,
     return out[:, width:].tolist()
 
 
-def _completion(row: list[int], eos_ids: set[int], tokenizer, settings: GenerationSettings) -> Completion:
+def completion_of(row: list[int], eos_ids: set[int], tokenizer, settings: GenerationSettings) -> Completion:
     """A generated row as text, token count and finish reason.
 
     A row that ended early is padded with the pad token, which for GPT-2 is eos: so the count stops at the first

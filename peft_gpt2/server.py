@@ -34,123 +34,63 @@ Requests are batched by ``batching.Engine``, in ``mode="batch"`` into mixed-adap
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import time
-import uuid
 import warnings
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Literal
 
 from peft_gpt2.adapter_set import AdapterSet
-from peft_gpt2.batching import ApiError, Engine, Job
+from peft_gpt2.batching import ApiError, Engine
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.generation import MIN_TEMPERATURE, Completion, GenerationSettings
 from peft_gpt2.models import max_positions
+from peft_gpt2.stepping import StepEngine
 
 try:
-    from fastapi import APIRouter, Depends, FastAPI, Request
+    from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    from peft_gpt2.api_requests import VALUE_ERRORS, CompletionRequest  # pydantic, which comes with FastAPI
+    from peft_gpt2.api_requests import VALUE_ERRORS  # pydantic, which comes with FastAPI
+    from peft_gpt2.routes import Served, router
+    from peft_gpt2.runtime_adapters import RuntimeAdapters
+    from peft_gpt2.serving_metrics import ServerMetrics
 except ImportError as err:  # the CLI prints this instead of a traceback
-    raise PeftGpt2Error(f"serving needs FastAPI and uvicorn: pip install 'peft-gpt2[serve]' ({err})") from None
+    raise PeftGpt2Error(
+        f"serving needs FastAPI, uvicorn and prometheus-client: pip install 'peft-gpt2[serve]' ({err})"
+    ) from None
+
+ENDPOINTS = {
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat_completions",
+    "/v1/load_lora_adapter": "load_lora_adapter",
+    "/v1/unload_lora_adapter": "unload_lora_adapter",
+    "/v1/models": "models",
+}
 
 LOAD_KWARGS = ("template", "force", "allow_pickle", "dtype", "load_in_8bit")
 
 
-@dataclass
-class Completions:
-    """What ``/v1/completions`` needs besides the body: the adapters, the engine and the server's limits."""
+async def _count(request: Request, call_next):
+    """Record every answered request in the metrics: endpoint, model, status, and its time to the last byte."""
+    start, metrics = time.monotonic(), request.app.state.served.metrics
+    response = await call_next(request)
+    endpoint = ENDPOINTS.get(request.url.path, "other")
+    model = getattr(request.state, "model", "unknown") if endpoint != "models" else ""
+    body = response.body_iterator
 
-    adapter_set: AdapterSet
-    engine: Engine
-    base_name: str
-    max_batch: int
-    max_tokens: int  # largest max_tokens accepted
-    max_prompt_tokens: int | None
-    positions: int
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def names(self) -> list[str]:
-        return [self.base_name, *self.adapter_set.names]
-
-    def check_limits(self, body: CompletionRequest) -> None:
-        """The checks that depend on this server's settings (the rest is ``CompletionRequest``'s): 404 or 400."""
-        if body.model not in self.names:  # a name, looked up; never a path
-            message = f"model {body.model!r} not found; available: {', '.join(self.names)}"
-            raise ApiError(404, message, "model", "model_not_found")
-        if not 1 <= len(body.prompt) <= self.max_batch:
-            message = f"send 1 to {self.max_batch} prompts per request, not {len(body.prompt)}"
-            raise ApiError(400, message, "prompt")
-        if body.max_tokens > self.max_tokens:
-            raise ApiError(400, f"max_tokens={body.max_tokens} must be between 1 and {self.max_tokens}", "max_tokens")
-
-    def job_for(self, body: CompletionRequest) -> Job:
-        self.check_limits(body)
-        adapter = None if body.model == self.base_name else body.model
-        prompts, stop = body.prompt, body.stop
-        if body.template:
-            template = self.adapter_set.template_for(adapter)
-            prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
-        # else greedy (below MIN_TEMPERATURE too, as vLLM does: sampling could overflow into NaN, a 500), and the
-        # sampling fields keep GenerationSettings' defaults
-        sample = body.temperature >= MIN_TEMPERATURE
-        sampling = dict(temperature=body.temperature, top_p=body.top_p, seed=body.seed) if sample else {}
-        settings = GenerationSettings(max_new_tokens=body.max_tokens, do_sample=sample, top_k=0, stop=stop, **sampling)
-        key = (settings.max_new_tokens, sample, settings.temperature, settings.top_p, tuple(stop), settings.seed)
-        if settings.seed is not None:  # a seeded sample must not depend on which requests share its batch
-            key += (object(),)
-        limit = min(self.max_prompt_tokens or self.positions, self.positions - body.max_tokens)
-        return Job(prompts, adapter, settings, key, limit)
-
-    async def answer(self, body: CompletionRequest) -> dict:
+    async def counted() -> AsyncIterator[bytes]:
         try:
-            job = self.job_for(body)
-            self.engine.submit(job)
-            done: list[Completion] = await asyncio.wrap_future(job.future)
-        except ApiError:
-            raise
-        except PeftGpt2Error as err:
-            raise ApiError(400, str(err)) from None
-        except Exception as err:
-            raise ApiError(500, f"generation failed: {type(err).__name__}: {err}", kind="server_error") from err
-        choices = [
-            {"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(done)
-        ]
-        tokens = sum(c.tokens for c in done)
-        usage = dict(prompt_tokens=job.prompt_tokens, completion_tokens=tokens, total_tokens=job.prompt_tokens + tokens)
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
-        return {**head, "model": body.model, "choices": choices, "usage": usage}
+            async for piece in body:
+                yield piece
+        finally:
+            metrics.request(endpoint, model, response.status_code, time.monotonic() - start)
 
-
-def _completions(request: Request) -> Completions:
-    return request.app.state.completions
-
-
-Served = Annotated[Completions, Depends(_completions)]
-router = APIRouter()
-
-
-@router.get("/health")
-async def health(served: Served) -> dict:
-    return {"status": "ok", "base": served.base_name, "adapters": served.adapter_set.names, "mode": served.engine.mode}
-
-
-@router.get("/v1/models")
-async def models(served: Served) -> dict:
-    cards = [{"id": n, "object": "model", "created": served.created, "owned_by": "peft-gpt2"} for n in served.names]
-    return {"object": "list", "data": cards}
-
-
-@router.post("/v1/completions")
-async def completions(body: CompletionRequest, served: Served) -> dict:
-    return await served.answer(body)
+    response.body_iterator = counted()
+    return response
 
 
 def _respond(err: ApiError) -> JSONResponse:
@@ -199,7 +139,7 @@ async def _bug(request: Request, err: Exception) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    app.state.engine.close()
+    app.state.served.engine.close()
 
 
 def create_app(
@@ -211,33 +151,54 @@ def create_app(
     max_batch: int = 16,
     batch_wait_ms: float = 5,
     max_queue: int = 256,
-    mode: Literal["batch", "lock"] = "batch",
+    mode: Literal["step", "batch", "lock"] = "step",
     max_body_bytes: int = 1_000_000,
+    adapter_dirs: list[str | Path] | None = None,
+    max_loras: int = 8,
 ) -> FastAPI:
     """The FastAPI app serving ``adapter_set``: ``model`` = an adapter name, or ``base_name`` for the bare base.
 
     Args:
         max_prompt_tokens: longest prompt accepted; default (and at most): the model's positions minus max_tokens.
         max_new_tokens_limit: largest ``max_tokens`` accepted (at most the model's positions minus one).
-        max_batch: rows per generate call in ``"batch"`` mode, and prompts per request.
-        batch_wait_ms: how long the batcher waits for more requests to join the oldest one.
+        max_batch: rows decoded together, and prompts per request.
+        batch_wait_ms: how long an idle engine waits for more requests to join the first one.
         max_queue: requests waiting or running at once; more are refused with 429 and ``Retry-After``.
-        mode: ``"batch"`` (mixed-adapter batches) or ``"lock"`` (each request alone, in arrival order).
+        mode: ``"step"`` (step-wise decoding, rows joining and leaving between steps; streams token by token and
+            returns log-probabilities), ``"batch"`` (whole mixed-adapter ``generate`` calls) or ``"lock"`` (each
+            request alone, in arrival order); the last two are kept as baselines for ``bench/serve_load.py``.
         max_body_bytes: larger request bodies (by Content-Length) are refused with 413 before they are read.
+        adapter_dirs: folders adapters may be loaded from at run time (``/v1/load_lora_adapter``); none: off.
+        max_loras: adapters loaded at run time that stay loaded; one more unloads the least recently used.
     """
-    if mode not in ("batch", "lock"):
-        raise PeftGpt2Error(f"mode must be 'batch' or 'lock', not {mode!r}")
-    if min(max_batch, max_queue, max_new_tokens_limit, 1 if max_prompt_tokens is None else max_prompt_tokens) < 1:
-        raise PeftGpt2Error("max_batch, max_queue, max_new_tokens_limit and max_prompt_tokens must be >= 1")
+    if mode not in ("step", "batch", "lock"):
+        raise PeftGpt2Error(f"mode must be 'step', 'batch' or 'lock', not {mode!r}")
+    if min(max_batch, max_queue, max_new_tokens_limit, max_loras, max_prompt_tokens or 1) < 1:
+        raise PeftGpt2Error("max_batch, max_queue, max_new_tokens_limit, max_loras and max_prompt_tokens must be >= 1")
     if base_name in adapter_set.names:
         raise PeftGpt2Error(f"base_name {base_name!r} is also an adapter's name; choose another")
+    if adapter_dirs and mode != "step":
+        raise PeftGpt2Error("adapters loaded at run time (adapter_dirs) need mode 'step'")
+    for folder in adapter_dirs or []:
+        if not Path(folder).is_dir():
+            raise PeftGpt2Error(f"adapter_dirs: {folder} is not a folder")
     positions = max_positions(adapter_set.model.config) or 2**31
-    engine = Engine(adapter_set, mode, max_batch, batch_wait_ms / 1000, max_queue)
+    wait = batch_wait_ms / 1000
+    engine = StepEngine(adapter_set, max_batch, wait, max_queue) if mode == "step" else Engine(
+        adapter_set, mode, max_batch, wait, max_queue
+    )
+    runtime = RuntimeAdapters(adapter_set, engine, [Path(d) for d in adapter_dirs or []], max_loras)
+    rows = lambda: getattr(engine, "running", 0)  # noqa: E731
+    metrics = ServerMetrics(engine.queue.qsize, rows, lambda: len(adapter_set.names))
+    engine.metrics = runtime.metrics = metrics
     limit = min(max_new_tokens_limit, positions - 1)
     app = FastAPI(title="peft-gpt2", lifespan=_lifespan)
-    app.state.engine, app.state.max_body_bytes = engine, max_body_bytes
-    app.state.completions = Completions(adapter_set, engine, base_name, max_batch, limit, max_prompt_tokens, positions)
+    app.state.max_body_bytes = max_body_bytes
+    app.state.served = Served(
+        adapter_set, engine, runtime, metrics, base_name, max_batch, limit, max_prompt_tokens, positions
+    )
     app.middleware("http")(_limit_body)
+    app.middleware("http")(_count)
     app.add_exception_handler(ApiError, _error)
     app.add_exception_handler(HTTPException, _error)
     app.add_exception_handler(RequestValidationError, _invalid)

@@ -1,4 +1,5 @@
-"""The chat loop: instructions answered by the active adapter, commands to switch, clean exits."""
+"""The chat loop: messages answered by the active adapter with the conversation so far, commands to switch, reset
+and set a system message, clean exits."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from peft_gpt2 import chat
 from peft_gpt2.adapter_set import AdapterSet
 from peft_gpt2.chat import chat_main, run_chat
+from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import Completion, GenerationSettings
 from peft_gpt2.models import config_fingerprint
 from peft_gpt2.run_folder import Provenance
@@ -65,10 +67,22 @@ def run(m, *lines):
     return out, count, input_fn.prompts
 
 
-def fake_generate(monkeypatch, m):
-    """Answers name the adapter that would answer."""
-    answer = lambda prompts, **kw: [Completion(f"{m.active or 'base'}: {prompts[0]}", 3, "stop")]  # noqa: E731
+def fake_generate(monkeypatch, m, answers=None):
+    """Answers name the adapter that would answer and the message (the prompt's last instruction); returns the
+    calls seen, ``(prompt, settings, raw)`` each. ``answers``, if given, are answered in turn instead."""
+    calls = []
+    pending = list(answers or [])
+
+    def answer(prompts, settings=None, raw=False):
+        calls.append((prompts[0], settings, raw))
+        said = prompts[0].rsplit("### Instruction:\n", 1)[-1].split("\n")[0]
+        text = pending.pop(0) if pending else f"{m.active or 'base'}: {said}"
+        if isinstance(text, BaseException):
+            raise text
+        return [Completion(text, 3, "stop")]
+
     monkeypatch.setattr(m, "generate", answer)
+    return calls
 
 
 def test_switching_changes_who_answers(m, monkeypatch):
@@ -81,9 +95,10 @@ def test_switching_changes_who_answers(m, monkeypatch):
 
 
 def test_real_answers_differ_by_adapter(m):
-    out, count, _ = run(m, "Say hi.", "/adapter beta", "Say hi.", "/base", "Say hi.")
-    answers = [out[1], out[3], out[5]]  # HELP, answer, switch message, answer, switch message, answer
+    out, count, _ = run(m, "Say hi.", "/adapter beta", "/reset", "Say hi.", "/base", "/reset", "Say hi.")
+    answers = [out[1], out[4], out[7]]  # HELP, answer, switch message, reset message, answer, ...
     assert count == 3 and all(isinstance(a, str) and a for a in answers) and len(set(answers)) == 3
+    # a first turn is exactly the instruction through the adapter's template, as generate renders it
     assert answers == [
         m.generate(["Say hi."], adapters=[name], settings=FAST)[0].text or "(empty answer)"
         for name in ("alpha", "beta", None)
@@ -97,7 +112,7 @@ def test_listing_unknown_adapter_and_help(m, monkeypatch):
     assert any("no adapter named 'nope'; loaded: alpha, beta" in line for line in out)
     assert any(line.startswith("usage: /adapter NAME") for line in out)
     assert any("unknown command /frobnicate" in line for line in out)
-    assert sum(line.startswith("Type an instruction") for line in out) == 2  # at start and on /help
+    assert sum(line.startswith("Type a message") for line in out) == 2  # at start and on /help
     assert m.active == "alpha" and count == 1 and out[-2] == "alpha: hi"  # the loop went on after each
 
 
@@ -124,3 +139,58 @@ def test_chat_main_loads_the_recorded_base_and_all_adapters(folders, monkeypatch
     assert chat_main(None, dict(folders), FAST, "alpaca") == 0
     assert seen["m"].names == ["alpha", "beta"] and seen["m"].active == "alpha"
     assert seen["m"].template == "alpaca" and seen["s"] is FAST
+
+
+def test_history_goes_with_every_turn_across_adapter_switches(m, monkeypatch):
+    calls = fake_generate(monkeypatch, m)
+    out, count, _ = run(m, "hello", "/adapter beta", "again")
+    assert count == 2 and out[-2] == "beta: again"
+    assert [prompt for prompt, _, _ in calls] == [
+        "### Instruction:\nhello\n\n### Response:\n",
+        "### Instruction:\nhello\n\n### Response:\nalpha: hello\n\n### Instruction:\nagain\n\n### Response:\n",
+    ]
+    _, settings, raw = calls[-1]
+    assert raw and settings.stop == ["### "] and settings.stop_token_ids == []
+    assert settings.max_new_tokens == FAST.max_new_tokens  # the rest of the settings are the user's
+    assert "the conversation is kept" in chat.HELP
+
+
+def test_reset_and_system(m, monkeypatch):
+    calls = fake_generate(monkeypatch, m)
+    out, _, _ = run(m, "one", "/system Be brief.", "two", "/reset", "three", "/system", "four")
+    assert "system message set" in out and "system message removed" in out
+    assert any(line.startswith("conversation forgotten") for line in out)
+    assert [prompt for prompt, _, _ in calls] == [
+        "### Instruction:\none\n\n### Response:\n",
+        "Be brief.\n\n### Instruction:\none\n\n### Response:\nalpha: one\n\n### Instruction:\ntwo\n\n### Response:\n",
+        "Be brief.\n\n### Instruction:\nthree\n\n### Response:\n",  # reset forgot the turns, kept the system
+        "### Instruction:\nthree\n\n### Response:\nalpha: three\n\n### Instruction:\nfour\n\n### Response:\n",
+    ]
+
+
+def test_empty_answers_and_errors_leave_no_turn_behind(m, monkeypatch):
+    calls = fake_generate(monkeypatch, m, answers=["", "kept", PeftGpt2Error("no room"), KeyboardInterrupt()])
+    out, count, _ = run(m, "lost", "first", "failed", "interrupted", "second")
+    assert "(empty answer)" in out and "error: no room" in out and "(interrupted)" in out
+    assert calls[1][0] == "### Instruction:\nfirst\n\n### Response:\n"
+    kept = "### Instruction:\nfirst\n\n### Response:\nkept\n\n"
+    assert calls[-1][0] == kept + "### Instruction:\nsecond\n\n### Response:\n" and count == 3  # the empty one counts
+    monkeypatch.undo()  # the real generate refuses a prompt that leaves no room
+    settings = GenerationSettings(max_new_tokens=1024)  # the tiny model's 1024 positions: no room for any prompt
+    out = []
+    run_chat(m, settings=settings, input_fn=script("too long", "/adapters"), print_fn=out.append)
+    assert any(line.startswith("error: a prompt of") for line in out) and "* alpha\n  beta\n  (base)" in out
+
+
+def test_oldest_turns_dropped_to_fit_the_model(m, monkeypatch):
+    calls = fake_generate(monkeypatch, m)
+    one_turn = len(m.tokenizer("### Instruction:\nthree\n\n### Response:\n")["input_ids"])
+    settings = GenerationSettings(max_new_tokens=1024 - 2 * one_turn - 8)  # room for about two exchanges
+    out = []
+    run_chat(m, settings=settings, input_fn=script("one", "two", "three", "four"), print_fn=out.append)
+    dropped = [line for line in out if "dropped" in line]
+    assert dropped and dropped[0].startswith("(the conversation outgrew the model's positions: dropped the 1 oldest")
+    assert len(calls) == 4 and "one" not in calls[-1][0].split("### Response:")[0]
+    assert calls[-1][0].endswith("### Instruction:\nfour\n\n### Response:\n")
+    for prompt, _, _ in calls:  # every prompt sent fitted
+        assert len(m.tokenizer(prompt)["input_ids"]) + settings.max_new_tokens <= 1024
