@@ -1,7 +1,8 @@
 """Serving under load: mixed-adapter requests at concurrency 32, per server mode, streaming and not, in one run.
 
-    python bench/serve_load.py                      # the full bench: smollm2-135m, about 20 min on 2 CPU cores
-    python bench/serve_load.py --quick              # smoke run: tiny-gpt2, few requests, about 2 min
+    python bench/serve_load.py           # the full bench: smollm2-135m, about 20 min on a quiet 2-core CPU
+    python bench/serve_load.py --quick   # smoke run: tiny-gpt2, 40 requests a run (16 for lock), a few minutes
+    python bench/serve_load.py --modes step batch --streams on --scale-adapters   # a part: no lock, no scaling
 
 Run the full bench on a quiet machine: every mode is timed in the same run, but other load still skews ratios
 (the load average before and after is recorded). Results: bench/results/serve_load-<model>.{json,md}.
@@ -22,12 +23,15 @@ What it measures, and the choices made:
   completion tokens (``usage``; streamed: the ``include_usage`` chunk). Per run: req/s and generated tokens/s over
   the run's wall time, p50/p95 of TTFT and latency. Batch and lock deliver a streamed answer in one chunk, so
   their TTFT is their latency; step mode streams token by token.
-- Lock mode answers one request at a time (about 1.5 s each for smollm2), so it gets ``--lock-requests`` (100)
-  instead of 500 (the table's requests column): its req/s and tok/s are steady-state rates all the same, but its
-  latencies, measured over a shorter queue, are lower than 500 requests would give.
+- Lock mode answers one request at a time (about 1.7 s each for smollm2 on 2 cores), so it gets
+  ``--lock-requests`` (64) instead of 500 (the table's requests column; the first 64 of the same mix): its req/s
+  and tok/s are steady-state rates all the same, but its latencies, over a shorter queue, are lower than 500
+  requests would give.
 - Adapter scaling (the S-LoRA question: does throughput hold as adapters grow?): ``--scale-mode`` (step) with 1,
-  4 and 16 distinct adapters in the mix (no base), over the same prompt subset (``--scale-prompts``), so only the
-  number of adapters changes.
+  4 and 16 distinct adapters in the mix (no base), ``--scale-requests`` (200) each, over the same first
+  ``--scale-prompts`` (3: one of each max_tokens) prompts, so only the number of adapters changes.
+- Time budget (smollm2, 2 cores): the answers alone (~100 distinct requests, ~3 min), lock (~4 min), batch and
+  step (500 requests twice each, ~12 min), scaling (~3 min). Trim with the request-count flags if needed.
 - Leakage: every distinct request is first answered alone (one request at a time on the lock server, or the
   first mode's if lock is not run; non-streaming), and every answer in every run must equal it. A mismatch is
   printed with both texts and counted in the table (it must be 0; a greedy near-tie that flips under batching
@@ -180,8 +184,9 @@ async def one(client: httpx.AsyncClient, request: tuple[str, int], stream: bool)
     return {"text": "".join(parts), "tokens": tokens, "ttft": ttft or latency, "latency": latency}
 
 
-async def load(url: str, requests: list[tuple[str, int]], stream: bool, concurrency: int) -> tuple[float, list]:
-    """All ``requests``, at most ``concurrency`` in flight; the wall seconds and one result per request."""
+async def load(url: str, requests: list[tuple[str, int]], stream: bool, concurrency: int, warm: int = 0):
+    """All ``requests``, at most ``concurrency`` in flight, after ``warm`` of them untimed (a fresh server's first
+    calls allocate); the wall seconds and one result per request."""
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as client:
@@ -190,7 +195,7 @@ async def load(url: str, requests: list[tuple[str, int]], stream: bool, concurre
             async with gate:
                 return await one(client, request, stream)
 
-        await asyncio.gather(*(gated(r) for r in requests[: min(8, len(requests))]))  # warm-up, untimed
+        await asyncio.gather(*(gated(r) for r in requests[:warm]))
         start = time.perf_counter()
         results = await asyncio.gather(*(gated(r) for r in requests))
         return time.perf_counter() - start, results
@@ -317,11 +322,11 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--modes", nargs="+", default=["step", "batch", "lock"])
     ap.add_argument("--streams", nargs="+", default=["off", "on"], choices=["off", "on"])
     ap.add_argument("--requests", type=int, default=None, help="per run; default 500 (--quick: 40)")
-    ap.add_argument("--lock-requests", type=int, default=None, help="per lock run; default 100 (--quick: 16)")
+    ap.add_argument("--lock-requests", type=int, default=None, help="per lock run; default 64 (--quick: 16)")
     ap.add_argument("--scale-mode", default="step", help="mode of the 1/4/16-adapter runs (must be in --modes)")
     ap.add_argument("--scale-adapters", type=int, nargs="*", default=[1, 4, 16], help="empty: no scaling runs")
-    ap.add_argument("--scale-requests", type=int, default=None, help="per scaling run; default --requests")
-    ap.add_argument("--scale-prompts", type=int, default=6, help="the first N prompts, in the scaling runs")
+    ap.add_argument("--scale-requests", type=int, default=None, help="per scaling run; default 200 (--quick: 40)")
+    ap.add_argument("--scale-prompts", type=int, default=3, help="the first N prompts, in the scaling runs")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-batch", type=int, default=None, help="server max_batch; default: --concurrency")
     ap.add_argument("--std", type=float, default=0.02, help="standard deviation of the random LoRA B")
@@ -330,8 +335,8 @@ def parse() -> argparse.Namespace:
     args = ap.parse_args()
     args.model = args.model or ("tiny-gpt2" if args.quick else "smollm2-135m")
     args.requests = args.requests or (40 if args.quick else 500)
-    args.lock_requests = args.lock_requests or (16 if args.quick else 100)
-    args.scale_requests = args.scale_requests or args.requests
+    args.lock_requests = args.lock_requests or (16 if args.quick else 64)
+    args.scale_requests = args.scale_requests or (40 if args.quick else 200)
     args.max_batch = args.max_batch or args.concurrency
     if args.scale_adapters and args.scale_mode not in args.modes:
         ap.error(f"--scale-mode {args.scale_mode} is not in --modes {args.modes}")
@@ -361,8 +366,9 @@ def main() -> None:
                     changed = changed_answers(ref, names)
                     print(f"  each adapter changes the base's answer on: {changed}", flush=True)
                 requests = main_mix[: args.lock_requests] if mode == "lock" else main_mix
-                for stream in (s == "on" for s in args.streams):
-                    wall, results = asyncio.run(load(server.url, requests, stream, args.concurrency))
+                for i, stream in enumerate(s == "on" for s in args.streams):
+                    warm = 0 if i or mode == first else min(8, len(requests))  # the reference warmed its server
+                    wall, results = asyncio.run(load(server.url, requests, stream, args.concurrency, warm))
                     rows.append(summarize({"mode": mode, "stream": stream}, requests, wall, results, ref))
                 for n, requests in scale_mix.items() if mode == args.scale_mode else ():
                     wall, results = asyncio.run(load(server.url, requests, False, args.concurrency))
