@@ -252,6 +252,14 @@ def changed_answers(ref: dict, adapters: list[str]) -> dict[str, str]:
     return out
 
 
+def distinct_answers(ref: dict, models: list[str]) -> str:
+    """How many different answers ``models`` give per prompt, on average: near ``len(models)``, an answer that
+    leaked from another adapter's row would not go unseen."""
+    full = [p for p in range(len(PROMPTS)) if all((m, p) in ref for m in models)]
+    per_prompt = [len({ref[(m, p)] for m in models}) for p in full]
+    return f"{statistics.mean(per_prompt):.1f} of {len(models)} ({len(full)} prompts)" if full else "-"
+
+
 def machine() -> dict:
     import peft
     import torch
@@ -311,7 +319,11 @@ def markdown(result: dict) -> str:
             f"{r['mismatches']} | {r['errors']} |"
             for r in scaling
         ]
-    lines += ["", f"Each adapter changes the base's answer on: {result['adapters_change_answers']}"]
+    lines += [
+        "",
+        f"Answers alone: each adapter changes the base's answer on {result['adapters_change_answers']} prompts; "
+        f"4 adapters + base give {result['distinct_answers_per_prompt']} different answers per prompt.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +341,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--scale-prompts", type=int, default=3, help="the first N prompts, in the scaling runs")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-batch", type=int, default=None, help="server max_batch; default: --concurrency")
-    ap.add_argument("--std", type=float, default=0.02, help="standard deviation of the random LoRA B")
+    ap.add_argument("--std", type=float, default=0.3, help="std of the random LoRA B (0.02 leaves smollm2's answers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
@@ -355,7 +367,8 @@ def main() -> None:
         scale_mix = {
             n: mix(args.scale_requests, names[:n], args.scale_prompts, args.seed + n) for n in args.scale_adapters
         }
-        keys = {*main_mix, *(("base", p) for p in range(len(PROMPTS))), *(k for m in scale_mix.values() for k in m)}
+        every = [(m, p) for m in [*names[:4], "base"] for p in range(len(PROMPTS))]  # for distinct_answers
+        keys = {*main_mix, *every, *(k for m in scale_mix.values() for k in m)}
         first = "lock" if "lock" in args.modes else args.modes[0]  # its server answers the reference, alone
         ref, rows = {}, []
         for mode in [first, *(m for m in args.modes if m != first)]:
@@ -364,7 +377,8 @@ def main() -> None:
                     print(f"reference: {len(keys)} distinct requests, each alone ({mode} server)", flush=True)
                     ref = reference(server.url, sorted(keys))
                     changed = changed_answers(ref, names)
-                    print(f"  each adapter changes the base's answer on: {changed}", flush=True)
+                    distinct = distinct_answers(ref, [*names[:4], "base"])
+                    print(f"  each adapter changes the base's answer on: {changed}; distinct: {distinct}", flush=True)
                 requests = main_mix[: args.lock_requests] if mode == "lock" else main_mix
                 for i, stream in enumerate(s == "on" for s in args.streams):
                     warm = 0 if i or mode == first else min(8, len(requests))  # the reference warmed its server
@@ -383,6 +397,7 @@ def main() -> None:
         "scale_prompts": args.scale_prompts,
         "max_tokens_by_prompt": [MAX_TOKENS[i % 3] for i in range(len(PROMPTS))],
         "adapters_change_answers": changed,
+        "distinct_answers_per_prompt": distinct,
         "machine": info,
         "total_s": round(time.perf_counter() - start, 1),
         "runs": rows,
