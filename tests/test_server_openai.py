@@ -92,7 +92,8 @@ def test_streamed_text_equals_the_answer_for_both_endpoints(url):
         assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and not chunks[-1].choices
     messages = [{"role": "user", "content": "Say something long."}]
     whole = client.chat.completions.create(model="A", messages=messages, max_tokens=20, temperature=0)
-    chunks = list(client.chat.completions.create(model="A", messages=messages, max_tokens=20, temperature=0, stream=True))
+    asked = dict(model="A", messages=messages, max_tokens=20, temperature=0)
+    chunks = list(client.chat.completions.create(**asked, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     with httpx.stream("POST", url[0] + "/v1/completions", json={"model": "A", "prompt": "Hi", "stream": True}) as r:
@@ -131,8 +132,8 @@ def test_load_use_unload_and_confinement(url, root, adapter_set):
             refused = http.post("/v1/load_lora_adapter", json={"lora_name": "Z", "lora_path": str(path)})
             assert refused.status_code == 400 and refused.json()["error"]["code"] == "path_not_allowed"
         (allowed / "link").symlink_to(root[1])
-        assert http.post("/v1/load_lora_adapter", json={"lora_name": "Z", "lora_path": str(allowed / "link")}).json()[
-            "error"]["code"] == "path_not_allowed"
+        linked = http.post("/v1/load_lora_adapter", json={"lora_name": "Z", "lora_path": str(allowed / "link")})
+        assert linked.json()["error"]["code"] == "path_not_allowed"  # a symlink inside pointing outside
         assert http.post("/v1/load_lora_adapter", json={"lora_name": "A2", "lora_path": str(allowed / "A2")}).is_success
         request = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0}
         a = http.post("/v1/completions", json={"model": "A", **request}).json()["choices"][0]["text"]
@@ -141,11 +142,13 @@ def test_load_use_unload_and_confinement(url, root, adapter_set):
         assert "A2" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
         assert http.post("/v1/completions", json={"model": "A2", **request}).status_code == 404
         for name in ("X", "Y", "A2"):  # max_loras=2: loading a third unloads the least recently used, X
-            assert http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(allowed / name)}).is_success
+            load = {"lora_name": name, "lora_path": str(allowed / name)}
+            assert http.post("/v1/load_lora_adapter", json=load).is_success
         served = [m["id"] for m in http.get("/v1/models").json()["data"]]
         assert "X" not in served and {"Y", "A2", "A"} <= set(served)
         metrics = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
-        events = {s.labels["event"]: s.value for s in metrics["peft_gpt2_adapter_events"].samples if s.name.endswith("_total")}
+        samples = metrics["peft_gpt2_adapter_events"].samples
+        events = {s.labels["event"]: s.value for s in samples if s.name.endswith("_total")}
         assert events == {"load": 4, "unload": 1, "evict": 1}
     deadline = time.monotonic() + 10
     while "X" in adapter_set.names and time.monotonic() < deadline:
