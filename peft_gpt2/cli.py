@@ -168,6 +168,8 @@ def _serve(args: argparse.Namespace) -> None:
         mode=args.mode,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        adapter_dirs=args.adapter_dir,
+        max_loras=args.max_loras,
     )
 
 
@@ -233,11 +235,20 @@ def _add_serving_commands(commands) -> None:
     p.add_argument("--template", help="template for requests with template: true (default: each adapter's own)")
     p.add_argument(
         "--mode",
-        choices=["batch", "lock"],
-        default="batch",
-        help="batch: concurrent requests share mixed-adapter batches; lock: one request at a time",
+        choices=["step", "batch", "lock"],
+        default="step",
+        help="step: token by token, rows joining and leaving the batch between steps (streams, logprobs); "
+        "batch: whole mixed-adapter generate calls; lock: one request at a time",
     )
-    p.add_argument("--max-batch", type=int, default=16, help="rows per generate call")
+    p.add_argument("--max-batch", type=int, default=16, help="rows decoded together")
+    p.add_argument(
+        "--adapter-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="allow /v1/load_lora_adapter to load adapters from inside DIR (repeatable; default: off)",
+    )
+    p.add_argument("--max-loras", type=int, default=8, help="adapters loaded at run time kept loaded (LRU)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
     _add_trust_args(p)
     p.set_defaults(run=_serve)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from peft_gpt2 import openai_responses as wire
 from peft_gpt2.adapter_set import AdapterSet
-from peft_gpt2.api_requests import ChatRequest, CompletionRequest, Sampling
+from peft_gpt2.api_requests import ChatRequest, CompletionRequest, Sampling, Text
 from peft_gpt2.batching import ApiError, Engine, Job
 from peft_gpt2.chat_prompts import chat_prompt, check_messages
 from peft_gpt2.errors import PeftGpt2Error
@@ -233,14 +233,14 @@ async def _events(s: Served, job: Job, kind: str, body: Sampling, answer, first,
 class LoadAdapter(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    lora_name: str
-    lora_path: str
+    lora_name: Text
+    lora_path: Text
 
 
 class UnloadAdapter(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    lora_name: str
+    lora_name: Text
     lora_int_id: int | None = None  # vLLM's; ignored
 
 

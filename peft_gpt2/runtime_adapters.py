@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 class RuntimeAdapters:
     """Loads and unloads adapters for the server; remembers which were loaded at run time, least recently used first."""
 
-    def __init__(self, adapter_set: AdapterSet, engine: StepEngine, roots: list[Path], max_loras: int) -> None:
-        self.set, self.engine, self.max_loras = adapter_set, engine, max_loras
+    def __init__(
+        self, adapter_set: AdapterSet, engine: StepEngine, roots: list[Path], max_loras: int, base_name: str
+    ) -> None:
+        self.set, self.engine, self.max_loras, self.base_name = adapter_set, engine, max_loras, base_name
         self.roots = [Path(r).expanduser().resolve() for r in roots]
         self.loaded: OrderedDict[str, None] = OrderedDict()
         self.metrics = None  # a ``serving_metrics.ServerMetrics``, set by the server
@@ -46,8 +48,11 @@ class RuntimeAdapters:
 
     def allowed(self, path: str) -> Path:
         """``path`` resolved, if inside an allowed folder; else a 400 that does not say what exists on disk."""
-        resolved = Path(path).expanduser().resolve()
-        if not any(resolved.is_relative_to(root) for root in self.roots):
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (ValueError, OSError, RuntimeError):  # a NUL byte, a name too long, a symlink loop
+            resolved = None
+        if resolved is None or not any(resolved.is_relative_to(root) for root in self.roots):
             message = f"lora_path {path!r} is outside the folders this server loads adapters from"
             raise ApiError(400, message, "lora_path", "path_not_allowed")
         return resolved
@@ -62,7 +67,7 @@ class RuntimeAdapters:
         async with self._busy:
             if name in self.engine.retiring:
                 raise ApiError(409, f"adapter {name!r} is still being unloaded; retry shortly", "lora_name")
-            if name in self.set.names:
+            if name in self.set.names or name == self.base_name:
                 raise ApiError(400, f"an adapter named {name!r} is already loaded", "lora_name")
             while len(self.loaded) >= self.max_loras:
                 evicted, _ = self.loaded.popitem(last=False)

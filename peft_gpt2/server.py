@@ -187,7 +187,7 @@ def create_app(
     engine = StepEngine(adapter_set, max_batch, wait, max_queue) if mode == "step" else Engine(
         adapter_set, mode, max_batch, wait, max_queue
     )
-    runtime = RuntimeAdapters(adapter_set, engine, [Path(d) for d in adapter_dirs or []], max_loras)
+    runtime = RuntimeAdapters(adapter_set, engine, [Path(d) for d in adapter_dirs or []], max_loras, base_name)
     rows = lambda: getattr(engine, "running", 0)  # noqa: E731
     metrics = ServerMetrics(lambda: engine.queued, rows, lambda: len(adapter_set.names))
     engine.metrics = runtime.metrics = metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from peft_gpt2.server import create_app
 
 LIMIT = 16  # the server's max_tokens limit here, so that a valid hostile request costs under a second on a CPU
 BOUND_S = 10  # an ordinary request is answered within this, whatever runs beside it (alone: ~0.1 s)
-EXAMPLES = 8  # per case (18 of them): ~50 s in all on a 2-core CPU, training the adapter included
+EXAMPLES = 8  # per case (28 of them): ~90 s in all on a 2-core CPU, training the adapter included
 BODY = 50_000  # max_body_bytes here: long strings and lists pass it often enough to be tested
 ORDINARY = [
     {"model": "A", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0},
@@ -42,7 +43,9 @@ ORDINARY = [
     {"model": "A", "prompt": [PROMPTS[2], PROMPTS[1]], "max_tokens": 6, "temperature": 0, "stop": ["\n\n"]},
 ]
 FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "template", "n", "best_of"]
-FIELDS += ["echo", "stream", "logprobs", "suffix", "presence_penalty", "frequency_penalty", "user"]
+FIELDS += ["echo", "stream", "logprobs", "suffix", "presence_penalty", "frequency_penalty", "user", "stream_options"]
+CHAT_FIELDS = ["messages", "max_completion_tokens", "logprobs", "top_logprobs", "stream", "stop", "tools"]
+ADAPTER_FIELDS = ["lora_name", "lora_path"]  # /v1/load_lora_adapter: hostile names and paths
 
 
 def pick(*strategies: st.SearchStrategy) -> st.SearchStrategy:
@@ -78,8 +81,31 @@ plausible = {  # near-valid values: in range, at its edges or just past them
     ),
     "seed": pick(st.integers(-(2**80), 2**80), st.sampled_from(INTS)),
     "template": st.booleans(),
+    "echo": st.booleans(),
+    "stream": st.booleans(),
+    "logprobs": pick(st.integers(-2, 22), st.sampled_from(INTS)),
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "token_prompt": st.lists(pick(st.integers(-2, 60_000), st.sampled_from(INTS)), min_size=0, max_size=40),
 }
+plausible["prompt"] = plausible["prompt"] | plausible["token_prompt"] | st.lists(plausible["token_prompt"], max_size=3)
+turns = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "", "USER"]) | texts},
+    optional={"content": texts | st.lists(st.fixed_dictionaries({"type": texts, "text": texts}), max_size=3) | wrong},
+)
+chat_plausible = {
+    "messages": st.lists(turns, max_size=6) | anything,
+    "max_completion_tokens": plausible["max_tokens"],
+    "logprobs": st.booleans(),
+    "top_logprobs": plausible["logprobs"],
+    "stream": st.booleans(),
+    "stop": plausible["stop"],
+    "tools": st.just([{"type": "function"}]),
+}
+paths = texts | st.sampled_from(["/etc/passwd", "..", "../A", "/", "A\x00", "allowed/../../A", "~", "A" * 5000])
+adapter_plausible = {"lora_name": texts | st.sampled_from(["A", "base", "B2", "a/b", ""]), "lora_path": paths}
 fields = {n: pick(plausible[n], plausible[n], plausible[n], anything) if n in plausible else anything for n in FIELDS}
+chat_fields = {n: pick(chat_plausible[n], chat_plausible[n], anything) for n in CHAT_FIELDS}
+adapter_fields = {n: pick(adapter_plausible[n], adapter_plausible[n], anything) for n in ADAPTER_FIELDS}
 MISSING = object()  # the field is left out
 prose = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
 valid = st.fixed_dictionaries(  # what a server must answer: sampling, seeds, full stop lists, long prompts
@@ -95,16 +121,29 @@ valid = st.fixed_dictionaries(  # what a server must answer: sampling, seeds, fu
         "stop": st.lists(st.text(st.characters(codec="utf-8"), min_size=1, max_size=64), max_size=4),
         "seed": st.integers(0, 2**64 - 1),
         "template": st.booleans(),
+        "stream": st.booleans(),
+        "echo": st.booleans(),
+        "logprobs": st.integers(0, 5),
     },
 )
+valid_chat = st.fixed_dictionaries(
+    {"model": plausible["model"], "messages": st.just([{"role": "user", "content": "Hi"}])},
+    optional={"max_tokens": st.integers(1, LIMIT), "temperature": st.sampled_from([0, 1]), "stream": st.booleans()},
+)
+ALLOWED = Path(tempfile.mkdtemp(prefix="peft-gpt2-fuzz-"))  # where adapters may be loaded from; holds A's copy
+valid_load = st.fixed_dictionaries({"lora_name": st.just("B2"), "lora_path": st.just(str(ALLOWED / "A"))})
 
 
 def raw(body: object) -> bytes:
     return json.dumps(body, allow_nan=True).encode()  # NaN, Infinity, "\ud800" escapes as a client may send
 
 
-def hostile_in(name: str) -> st.SearchStrategy[bytes]:
+def hostile_in(endpoint: str, name: str) -> st.SearchStrategy[bytes]:
     """Bodies valid but for field ``name`` (left out sometimes); ``"body"``: not an object, not JSON, or all wrong."""
+    if endpoint != "completions":
+        base, hostile = (valid_chat, chat_fields) if endpoint == "chat/completions" else (valid_load, adapter_fields)
+        value = pick(*[hostile[name]] * 4, st.just(MISSING))
+        return st.builds(lambda body, v: raw({**body, name: v} if v is not MISSING else body), base, value)
     if name == "body":
         return pick(
             st.fixed_dictionaries({}, optional=fields).map(raw),  # hostile everywhere
@@ -123,7 +162,15 @@ def server() -> Iterator[tuple[httpx.Client, list]]:
     with tempfile.TemporaryDirectory() as root:
         path = train_toy_adapter(Path(root), "A", steps=2, lr=5e-2, records=16)
         adapter_set = AdapterSet.from_paths("tiny-gpt2", {"A": path})
-        app = create_app(adapter_set, max_new_tokens_limit=LIMIT, max_queue=64, max_body_bytes=BODY)
+        shutil.copytree(path, ALLOWED / "A")
+        app = create_app(
+            adapter_set,
+            max_new_tokens_limit=LIMIT,
+            max_queue=64,
+            max_body_bytes=BODY,
+            adapter_dirs=[ALLOWED],
+            max_loras=2,
+        )
         with serving(app) as url, httpx.Client(base_url=url, timeout=60) as http:
             alone = [answer(http.post("/v1/completions", json=o)) for o in ORDINARY]
             assert alone[0] != alone[1]  # the adapter changes the answer, so a mixed-up row would show
@@ -141,12 +188,22 @@ def check_hostile(response: httpx.Response) -> None:
     if response.status_code != 200:
         assert error_of(response, response.status_code)["message"]
         return
-    out = response.json()
-    assert out["object"] == "text_completion" and all(isinstance(c["text"], str) for c in out["choices"])
+    if response.headers["content-type"].startswith("text/event-stream"):
+        events = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
+        assert events[-1] == "[DONE]" and all(isinstance(json.loads(e), dict) for e in events[:-1])
+    elif response.headers["content-type"].startswith("text/plain"):  # an adapter loaded
+        assert response.text.startswith("Success")
+    else:
+        out = response.json()
+        assert out["object"] in ("text_completion", "chat.completion") and out["choices"]
 
 
-@pytest.mark.parametrize("name", [*FIELDS, "body"])
-def test_hostile_requests_never_harm_ordinary_ones(server, name):
+CASES = [("completions", n) for n in [*FIELDS, "body"]]
+CASES += [("chat/completions", n) for n in CHAT_FIELDS] + [("load_lora_adapter", n) for n in ADAPTER_FIELDS]
+
+
+@pytest.mark.parametrize(("endpoint", "name"), CASES)
+def test_hostile_requests_never_harm_ordinary_ones(server, endpoint, name):
     http, alone = server
 
     def timed(body: dict) -> tuple[httpx.Response, float]:
@@ -155,7 +212,7 @@ def test_hostile_requests_never_harm_ordinary_ones(server, name):
         return response, time.monotonic() - start
 
     def hostile(content: bytes) -> httpx.Response:
-        return http.post("/v1/completions", content=content, headers={"Content-Type": "application/json"})
+        return http.post(f"/v1/{endpoint}", content=content, headers={"Content-Type": "application/json"})
 
     @settings(
         max_examples=EXAMPLES,
@@ -164,7 +221,7 @@ def test_hostile_requests_never_harm_ordinary_ones(server, name):
         database=None,
         suppress_health_check=[HealthCheck.too_slow],  # timed: could flake on a slow machine
     )
-    @given(bodies=st.lists(hostile_in(name), min_size=2, max_size=6))
+    @given(bodies=st.lists(hostile_in(endpoint, name), min_size=2, max_size=6))
     def attack(bodies: list[bytes]) -> None:
         with ThreadPoolExecutor(8) as pool:
             sent = [pool.submit(hostile, b) for b in bodies]  # first, so the ordinary ones queue behind them
