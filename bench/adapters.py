@@ -32,12 +32,12 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
     from peft import get_peft_model
 
     from peft_gpt2.models import config_fingerprint, load_base
-    from peft_gpt2.recipe import Recipe
+    from peft_gpt2.recipe import DataConfig, Recipe
     from peft_gpt2.run_folder import Provenance
     from peft_gpt2.sft import peft_config
 
     base, _ = load_base(model_name)
-    peft_model = get_peft_model(base, peft_config(Recipe(name="bench", data={"path": "x"}), base))
+    peft_model = get_peft_model(base, peft_config(Recipe(name="bench", data=DataConfig(path="x")), base))
     torch.manual_seed(seed)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
