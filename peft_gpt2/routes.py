@@ -82,6 +82,9 @@ class Served:
         fancy = body.echo or body.logprobs is not None or (prompts and not isinstance(prompts[0], str))
         if fancy and self.engine.mode != "step":
             raise ApiError(400, "echo, logprobs and token-id prompts need the server's default mode, step", "prompt")
+        if fancy and self.engine.is_whole(self.adapter(body.model)):
+            message = f"{body.model!r} is a prompt-learning adapter, generated whole: no echo, logprobs or token ids"
+            raise ApiError(400, message, "model")
         if prompts and not isinstance(prompts[0], str):
             vocab = self.adapter_set.model.get_input_embeddings().num_embeddings
             if any(t >= vocab for ids in prompts for t in ids):

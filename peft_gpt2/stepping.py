@@ -117,10 +117,10 @@ class StepEngine(Engine):
                     job.future.set_exception(ApiError(404, f"adapter {job.adapter!r} was unloaded", "model"))
                 continue
             busy = bool(rows or taken)
-            if busy and (self.group(job.adapter) != group or len(job.prompts) > free or self._is_whole(job.adapter)):
+            if busy and (self.group(job.adapter) != group or len(job.prompts) > free or self.is_whole(job.adapter)):
                 break
             waiting.popleft()
-            if self._is_whole(job.adapter):
+            if self.is_whole(job.adapter):
                 with self.set.lock:
                     self.run([job])  # ``Engine.run``: one generate call, as in batch mode
                 continue
@@ -129,7 +129,8 @@ class StepEngine(Engine):
                 taken.append(job)
         return taken
 
-    def _is_whole(self, adapter: str | None) -> bool:
+    def is_whole(self, adapter: str | None) -> bool:
+        """Whether ``adapter``'s rows are generated whole (prompt learning: ``generate`` adds its virtual tokens)."""
         config = self.set.model.peft_config.get(adapter) if adapter else None
         return bool(config is not None and config.is_prompt_learning)
 

@@ -120,3 +120,26 @@ def test_retired_adapter_queued_requests_get_404(adapter_set):
         engine.close()
         if "B" not in adapter_set.names:
             adapter_set.add("B", path)
+
+
+@pytest.mark.parametrize("method", ["ia3", "dora", "prefix"])
+def test_methods_peft_cannot_route_per_row_step_in_their_own_batches(tmp_path, tiny, method):
+    """IA3 and DoRA rows step in batches of one adapter; prefix tuning is generated whole: each answer is still
+    the one generated alone."""
+    from test_methods import make_adapter
+
+    model, tokenizer = tiny
+    m = AdapterSet(model, tokenizer, {n: make_adapter(tmp_path, method, s) for n, s in (("a", 1), ("b", 2))})
+    engine = StepEngine(m, max_batch=4, wait_s=0.01, max_queue=16)
+    settings = GenerationSettings(max_new_tokens=6, stop=[])
+    cases = [(a, p) for a in ("a", "b", None) for p in PROMPTS[:2]]
+    try:
+        jobs = [job([p], a, settings) for a, p in cases]
+        for j in jobs:
+            engine.submit(j)
+        got = [j.future.result(timeout=120)[0] for j in jobs]
+    finally:
+        engine.close()
+    want = [m.generate([p], adapters=[a], settings=settings, raw=True)[0] for a, p in cases]
+    assert [c.text for c in got] == [c.text for c in want]
+    assert len({c.text for c in want[::2]}) == 3  # each adapter changes the answer
