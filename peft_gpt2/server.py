@@ -7,9 +7,11 @@ r"""An OpenAI-compatible HTTP server: one base model, many LoRA adapters, chosen
 
 ``/v1/completions`` is raw text completion, as in OpenAI's API: the prompt is used as sent, so the client renders
 the adapter's template (or sends ``"template": true``, an extension: the prompt is then an instruction, rendered
-through the adapter's template, and generation stops at the template's next section). ``temperature`` defaults to
-1 (sampling) as in OpenAI; send 0 for greedy. Unlike OpenAI: one choice per prompt, no streaming, echo or logprobs;
-texts are stripped and cut before the first stop string. ``finish_reason`` is "length" when ``max_tokens`` ran out
+through the adapter's template, and generation stops at the template's next section); prompts may be token ids, and
+``echo`` / ``logprobs`` return log-probabilities. ``/v1/chat/completions`` renders ``messages`` in the format the
+adapter was trained with (``chat_prompts``). Both stream with ``stream: true`` (``routes``). ``temperature``
+defaults to 1 (sampling) as in OpenAI; send 0 for greedy. Unlike OpenAI: one choice per prompt; texts are stripped
+and cut before the first stop string. ``finish_reason`` is "length" when ``max_tokens`` ran out
 before eos or a stop string, and ``completion_tokens`` counts the tokens generated (both from ``generation``).
 
 Errors come in OpenAI's shape: 422 for a body that is not JSON, lacks a field or has one of the wrong type
@@ -18,18 +20,21 @@ value out of range or unsupported (``n=2``, ``temperature=3``), as OpenAI answer
 client's input. Every dimension a client controls is bounded before it reaches the model:
 
 - the body: ``max_body_bytes`` (413), chunked bodies too; requests waiting or running: ``max_queue`` (429);
-- ``prompt``: 1 to ``max_batch`` strings, each at most ``max_prompt_tokens`` tokens and not empty (400);
-- ``max_tokens``: 1 to ``max_new_tokens_limit``; ``temperature`` 0 to 2 and ``top_p`` 0 to 1, finite (NaN and
-  Infinity, which Python's JSON parser accepts, are 400); a temperature under 1e-5 is greedy, as in vLLM (sampling
-  there overflows into NaN); ``seed`` 0 to 2**64 - 1, torch's range (torch wraps a negative seed, so -1 would name
-  the same seed as 2**64 - 1);
+- ``prompt``: 1 to ``max_batch`` strings or token-id lists (ids inside the vocabulary), each at most
+  ``max_prompt_tokens`` tokens and not empty (400); ``logprobs`` 0 to 20;
+- ``max_tokens``: 1 to ``max_new_tokens_limit`` (0 with ``echo``); ``temperature`` 0 to 2 and ``top_p`` 0 to 1,
+  finite (NaN and Infinity, which Python's JSON parser accepts, are 400); a temperature under 1e-5 is greedy, as
+  in vLLM (sampling there overflows into NaN); ``seed`` 0 to 2**64 - 1, torch's range (torch wraps a negative
+  seed, so -1 would name the same seed as 2**64 - 1);
 - ``stop``: at most 4 strings (as OpenAI) of 1 to 64 characters: generation decodes each row's newest tokens, as
   many as the longest string has UTF-8 bytes, per step (``generation.StopText``);
 - text (``model``, ``prompt``, ``stop``) must be Unicode a tokenizer takes: a lone surrogate is 400; a prompt the
   tokenizer still refuses fails its own request (400), never the others batched with it.
 
-Requests are batched by ``batching.Engine``, in ``mode="batch"`` into mixed-adapter ``AdapterSet.generate`` calls;
-``mode="lock"`` runs each alone.
+Requests run on ``stepping.StepEngine`` (``mode="step"``, the default: token by token, rows joining and leaving
+between steps) or, as baselines, ``batching.Engine`` (``mode="batch"``: whole mixed-adapter ``AdapterSet.generate``
+calls; ``mode="lock"``: each request alone). Adapters load and unload at run time through ``runtime_adapters``;
+``GET /metrics`` serves ``serving_metrics``.
 """
 
 from __future__ import annotations
