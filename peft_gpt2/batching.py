@@ -174,14 +174,17 @@ class Engine:
                 job.future.set_exception(err)
 
     def _fits(self, job: Job) -> bool:
-        """Whether ``job``'s prompts fit its limit; if not, or if the tokenizer refuses them, fail it alone."""
+        """Whether ``job``'s prompts (token ids as sent, or tokenized here) fit its limit; sets ``job.ids``. If not,
+        or if the tokenizer refuses them, the job fails alone: its batch-mates still run."""
         try:
-            lengths = [len(ids) for ids in self.set.tokenizer(job.prompts)["input_ids"]]
-        except Exception as err:  # its text, not the batch, is at fault: its batch-mates still run
+            text = bool(job.prompts) and isinstance(job.prompts[0], str)
+            ids = self.set.tokenizer(job.prompts)["input_ids"] if text else job.prompts
+        except Exception as err:  # its text, not the batch, is at fault
             message = f"the tokenizer cannot take this prompt: {type(err).__name__}: {err}"
             job.future.set_exception(ApiError(400, message, param="prompt"))
             return False
-        job.prompt_tokens = sum(lengths)
+        lengths = [len(i) for i in ids]
+        job.prompt_tokens, job.ids = sum(lengths), ids
         if min(lengths) == 0:
             job.future.set_exception(ApiError(400, "empty prompt", param="prompt"))
         elif max(lengths) > job.limit:

@@ -137,7 +137,7 @@ class StepEngine(Engine):
     def _prefill(self, jobs: list[Job]) -> list[tuple[list[Row], Batch]]:
         """Tokenize and prefill ``jobs``: together, or each alone if that fails (so a bad one fails alone). Echo
         jobs need every position's logits, so they go alone."""
-        ready = [j for j in jobs if self._ids(j) is not None]
+        ready = [j for j in jobs if self._fits(j)]
         plain = [j for j in ready if not j.echo]
         out = []
         for group in ([plain] if plain else []) + [[j] for j in ready if j.echo]:
@@ -153,27 +153,6 @@ class StepEngine(Engine):
                     except Exception as alone:
                         job.future.set_exception(alone)
         return out
-
-    def _ids(self, job: Job) -> list[list[int]] | None:
-        """The job's prompt ids, checked against its limit; ``None`` (the job failed alone) if they do not fit."""
-        try:
-            ids = job.prompts if job.prompts and not isinstance(job.prompts[0], str) else None
-            ids = ids or self.set.tokenizer(job.prompts)["input_ids"]
-        except Exception as err:
-            message = f"the tokenizer cannot take this prompt: {type(err).__name__}: {err}"
-            job.future.set_exception(ApiError(400, message, param="prompt"))
-            return None
-        job.prompt_tokens = sum(len(i) for i in ids)
-        if min(len(i) for i in ids) == 0:
-            job.future.set_exception(ApiError(400, "empty prompt", param="prompt"))
-            return None
-        if max(len(i) for i in ids) > job.limit:
-            longest = max(len(i) for i in ids)
-            message = f"a prompt of {longest} tokens is over this server's limit of {job.limit} prompt tokens"
-            job.future.set_exception(ApiError(400, message, param="prompt", code="context_length_exceeded"))
-            return None
-        job.ids = ids
-        return ids
 
     def _prefill_group(self, jobs: list[Job]) -> tuple[list[Row], Batch]:
         """One left-padded forward over the jobs' prompts; each row's first token chosen from its last logits."""
