@@ -203,6 +203,14 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:end].strip()
 
 
+def end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings) -> list[int]:
+    """The tokens that end an answer: the model's eos (a list for models with several), else the tokenizer's, and
+    ``settings.stop_token_ids``."""
+    eos = model.generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [*(eos if isinstance(eos, list) else [eos]), *settings.stop_token_ids]
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -233,9 +241,7 @@ def generate(
         return []
     if adapter_names is not None and len(adapter_names) != len(prompts):
         raise PeftGpt2Error(f"got {len(adapter_names)} adapter_names for {len(prompts)} prompts")
-    eos = model.generation_config.eos_token_id
-    eos = tokenizer.eos_token_id if eos is None else eos  # a list for models with several end tokens
-    eos = [*(eos if isinstance(eos, list) else [eos]), *settings.stop_token_ids]
+    eos = end_ids(model, tokenizer, settings)
     eos_ids = set(eos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
     config = settings.generation_config(eos, pad_id)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.batching import ApiError, Engine, Job, shutting_down
 from peft_gpt2.decode_rows import Row
-from peft_gpt2.generation import TokenLogprob
+from peft_gpt2.generation import TokenLogprob, end_ids
 from peft_gpt2.kv_cache import Batch
 from peft_gpt2.methods import mixes_rows
 
@@ -178,9 +178,7 @@ class StepEngine(Engine):
     def _row(self, job: Job, index: int, ids: list[int]) -> Row:
         import torch
 
-        eos = self.set.model.generation_config.eos_token_id
-        eos = self.set.tokenizer.eos_token_id if eos is None else eos
-        eos_ids = {*(eos if isinstance(eos, list) else [eos]), *job.settings.stop_token_ids}
+        eos_ids = set(end_ids(self.set.model, self.set.tokenizer, job.settings))
         seed = job.settings.seed
         generator = torch.Generator().manual_seed(seed + index) if seed is not None and job.settings.do_sample else None
         return Row(job, index, list(ids), eos_ids, generator=generator)
