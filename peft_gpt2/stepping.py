@@ -286,10 +286,5 @@ def _token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
 
 def _prompt_logprobs(ids: list[int], logits: torch.Tensor, top: int | None) -> list[TokenLogprob]:
     """Each prompt token's log-probability given the ones before it (the first has none); ``logits`` unpadded."""
-    top = top or 0
-    lp = logits[-len(ids) :].float().log_softmax(-1)
-    out: list[TokenLogprob] = [(ids[0], None, ())]
-    for t in range(1, len(ids)):
-        values, index = lp[t - 1].topk(top) if top else (lp[t - 1][:0], lp[t - 1][:0].long())
-        out.append((ids[t], float(lp[t - 1, ids[t]]), tuple(zip(index.tolist(), values.tolist(), strict=True))))
-    return out
+    logits = logits[-len(ids) :]
+    return [(ids[0], None, ()), *(_token_logprob(logits[t - 1], ids[t], top or 0) for t in range(1, len(ids)))]
