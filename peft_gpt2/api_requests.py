@@ -93,7 +93,7 @@ class Sampling(BaseModel):
     frequency_penalty: float | None = 0.0
     logit_bias: dict | None = None
 
-    @field_validator("temperature", "top_p", "stream", mode="before")
+    @field_validator("temperature", "top_p", "stream", "max_tokens", "echo", mode="before", check_fields=False)
     @classmethod
     def _null_means_default(cls, value, info: ValidationInfo):
         return cls.model_fields[info.field_name].default if value is None else value
@@ -135,11 +135,6 @@ class CompletionRequest(Sampling):
     template: bool = False
     best_of: int | None = 1
     suffix: str | None = None
-
-    @field_validator("max_tokens", "echo", mode="before")
-    @classmethod
-    def _null_is_default(cls, value, info: ValidationInfo):
-        return cls.model_fields[info.field_name].default if value is None else value
 
     @field_validator("prompt", mode="before")
     @classmethod
