@@ -86,6 +86,9 @@ class Engine:
         self.slots = threading.BoundedSemaphore(max_queue)  # taken on admission, given back once answered
         self.queue: queue.Queue[Job | None] = queue.Queue(max_queue)
         self.closed = False
+        self.running = 0  # rows decoding now (the step engine's; whole-generate modes report 0)
+        self.retiring: set[str] = set()  # adapters being unloaded (the step engine's: no new rows for them)
+        self.metrics = None  # a ``serving_metrics.ServerMetrics``, set by the server
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "peft-gpt2-lock") if mode == "lock" else None
         if mode != "lock":
             threading.Thread(target=self._loop, name="peft-gpt2-batcher", daemon=True).start()

@@ -47,8 +47,7 @@ class Served:
 
     @property
     def names(self) -> list[str]:
-        retiring = getattr(self.engine, "retiring", set())
-        return [self.base_name, *(n for n in self.adapter_set.names if n not in retiring)]
+        return [self.base_name, *(n for n in self.adapter_set.names if n not in self.engine.retiring)]
 
     def adapter(self, model: str) -> str | None:
         """The adapter ``model`` names (``None``: the base); 404 for a name not served (a name, never a path)."""

@@ -193,8 +193,7 @@ def create_app(
         adapter_set, mode, max_batch, wait, max_queue
     )
     runtime = RuntimeAdapters(adapter_set, engine, [Path(d) for d in adapter_dirs or []], max_loras, base_name)
-    rows = lambda: getattr(engine, "running", 0)  # noqa: E731
-    metrics = ServerMetrics(lambda: engine.queued, rows, lambda: len(adapter_set.names))
+    metrics = ServerMetrics(lambda: engine.queued, lambda: engine.running, lambda: len(adapter_set.names))
     engine.metrics = runtime.metrics = metrics
     limit = min(max_new_tokens_limit, positions - 1)
     app = FastAPI(title="peft-gpt2", lifespan=_lifespan)

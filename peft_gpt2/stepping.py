@@ -37,10 +37,7 @@ class StepEngine(Engine):
     """``Engine``'s admission and queue, with a loop that decodes one token per running row per step."""
 
     def __init__(self, adapter_set: AdapterSet, max_batch: int, wait_s: float, max_queue: int) -> None:
-        self.retiring: set[str] = set()  # adapters being unloaded: no new rows; freed when their rows end
-        self.running = 0
         self.waiting: deque[Job] = deque()  # taken from the queue, not yet admitted to the batch
-        self.metrics = None  # a ``serving_metrics.ServerMetrics``, set by the server
         super().__init__(adapter_set, "step", max_batch, wait_s, max_queue)
 
     def retire(self, name: str) -> None:
