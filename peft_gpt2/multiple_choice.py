@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.models import max_positions
 from peft_gpt2.scoring import token_loss
@@ -110,11 +112,6 @@ def choice_loglikelihoods(
     return out
 
 
-def _argmax(values: list[float]) -> int:
-    """The first index of the largest value, as ``numpy.argmax``."""
-    return max(range(len(values)), key=lambda k: (values[k], -k))
-
-
 def score_choices(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -140,8 +137,8 @@ def score_choices(
     items: dict[str, list] = {"acc": [], "acc_norm": []}
     answers = []
     for record, ll in zip(records, lls, strict=True):
-        pred = _argmax(ll)
-        pred_norm = _argmax([v / len(c) for v, c in zip(ll, record["choices"], strict=True)])  # characters
+        pred = int(np.argmax(ll))
+        pred_norm = int(np.argmax([v / len(c) for v, c in zip(ll, record["choices"], strict=True)]))  # characters
         items["acc"].append(float(pred == record["answer"]))
         items["acc_norm"].append(float(pred_norm == record["answer"]))
         answers.append({**record, "loglikelihoods": ll, "pred": pred, "pred_norm": pred_norm})
