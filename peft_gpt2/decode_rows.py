@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peft_gpt2.generation import Completion, TokenLogprob, completion_of, cut_at_stop
+from peft_gpt2.generation import Completion, TokenLogprob, completion_of, cut_at_stop, stop_window
 
 if TYPE_CHECKING:
     import torch
@@ -65,8 +65,7 @@ class Row:
         if token in self.eos_ids or len(self.generated) >= s.max_new_tokens:
             self.done = True
         elif s.stop:  # a stop string new at this step ends in the newest token: decode that many bytes' tokens
-            window = max(len(t.encode("utf-8")) for t in s.stop) + 1
-            tail = tokenizer.decode(self.generated[-window:], skip_special_tokens=True)
+            tail = tokenizer.decode(self.generated[-stop_window(s.stop) :], skip_special_tokens=True)
             self.done = any(t in tail for t in s.stop)
 
     def completion(self, tokenizer: PreTrainedTokenizerBase) -> Completion:

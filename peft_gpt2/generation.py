@@ -169,6 +169,11 @@ class Completion:
         return self.text
 
 
+def stop_window(stop: list[str]) -> int:
+    """How many newest tokens to decode to see a stop string that ends in the newest one (see ``StopText``)."""
+    return max(len(s.encode("utf-8")) for s in stop) + 1
+
+
 class StopText:
     """Stops a row once its generated text holds a stop string; a stopping criterion for ``model.generate``.
 
@@ -183,7 +188,7 @@ class StopText:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str], width: int, eos_ids: set[int]) -> None:
         self.tokenizer, self.stop, self.width, self.eos_ids = tokenizer, stop, width, eos_ids
-        self.window = max(len(s.encode("utf-8")) for s in stop) + 1
+        self.window = stop_window(stop)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
