@@ -29,13 +29,18 @@ RESERVED = ("base", "__base__", "default")
 
 
 def check_name(name: str) -> str:
-    """An adapter name is a name, not a path. No ``.``: torch refuses it as a module key, after PEFT has already
-    half-added the adapter. ``default`` is PEFT's own name (saved without a subfolder)."""
+    """An adapter name is a name, not a path. No ``.``, and not an attribute of torch's module dicts (``training``,
+    ``forward``, ``keys``...): torch refuses those as module keys (a KeyError), after PEFT has already half-added the
+    adapter. ``default`` is PEFT's own name (saved without a subfolder)."""
+    import torch
+
     if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
         raise PeftGpt2Error(
             f"bad adapter name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '_' or '-'), "
             f"not {', '.join(RESERVED)}"
         )
+    if any(hasattr(container, name) for container in (torch.nn.ModuleDict(), torch.nn.ParameterDict())):
+        raise PeftGpt2Error(f"bad adapter name {name!r}: torch keeps an attribute of that name on every module")
     return name
 
 

@@ -272,7 +272,10 @@ def test_weights_refused_even_with_allow_pickle_are_one_line(pair, tmp_path, tin
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "base", "__base__", "default", "", "x.y", "-a", "a" * 65, None])
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "a/b", "base", "__base__", "default", "", "x.y", "-a", "a" * 65, None, "training", "forward", "keys"],
+)
 def test_bad_names(m, pair, name):
     with pytest.raises(PeftGpt2Error, match="bad adapter name"):
         m.add(name, pair["A"])
@@ -282,7 +285,7 @@ def test_bad_names(m, pair, name):
 
 
 def test_good_names():
-    for name in ("a", "A", "alpaca-lora_2", "x" * 64):
+    for name in ("a", "A", "alpaca-lora_2", "x" * 64, "weight", "lora_A"):
         assert check_name(name) == name
 
 
