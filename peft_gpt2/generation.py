@@ -264,9 +264,10 @@ def generate(
     results: list[Completion] = [None] * len(prompts)  # type: ignore[list-item]
     was_training = model.training
     model.eval()
+    per_call = 1 if _inserts_virtual_tokens(model) else settings.batch_size
     try:
-        for start in range(0, len(order), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
+        for start in range(0, len(order), per_call):
+            idx = order[start : start + per_call]
             names = [adapter_names[i] for i in idx] if adapter_names is not None else None
             rows = _generate_batch(model, tokenizer, [prompts[i] for i in idx], config, settings.stop, eos_ids, names)
             for i, row in zip(idx, rows, strict=True):
@@ -274,6 +275,14 @@ def generate(
     finally:
         model.train(was_training)
     return results
+
+
+def _inserts_virtual_tokens(model) -> bool:
+    """Whether the active adapter inserts virtual token embeddings (prompt tuning, P-tuning): PEFT puts them in
+    front of a row's left padding, which changes that row's answer, so such rows are generated one per call.
+    Prefix tuning puts its tokens in the cache, where padding does not move them."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning and config.peft_type != "PREFIX_TUNING")
 
 
 def _generate_batch(model, tokenizer, prompts: list[str], config, stop, eos_ids, adapter_names) -> list[list[int]]:

@@ -66,6 +66,7 @@ class Provenance:
     data: dict[str, Any] = field(default_factory=dict)  # counts: records read, dropped, split sizes
     recipe: dict[str, Any] = field(default_factory=dict)  # the resolved recipe
     versions: dict[str, str] = field(default_factory=dict)
+    installed: dict[str, str] = field(default_factory=dict)  # every distribution in the environment that trained
     merged_adapter: str | None = None  # merge: the adapter's name
     merged_from: str | None = None  # merge: the adapter's folder
     adapter_provenance: dict[str, Any] | None = None  # merge: the adapter's own record
@@ -104,6 +105,22 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def requirements(self) -> str:
+        """A pip requirements file of the versions that made this run (``installed``; ``versions`` for a folder
+        written before it was recorded). torch is left as a comment: its build (CPU, a CUDA version) is the
+        user's to pick, and a local label like ``+cpu`` is not on PyPI."""
+        found = self.installed or {k: v for k, v in self.versions.items() if k != "python"}
+        python = self.versions.get("python", "unknown")
+        lines = [f"# the versions that made this run ({self.created or 'date unknown'}; Python {python})"]
+        if not self.installed:
+            lines.append("# recorded before full environments were: the main packages only")
+        for name, ver in sorted(found.items(), key=lambda kv: kv[0].lower()):
+            if name.lower() in ("torch", "peft-gpt2", "peft_gpt2"):
+                lines.insert(1, f"# {name}=={ver}: install it first, the build for your machine")
+            else:
+                lines.append(f"{name}=={ver}")
+        return "\n".join(lines) + "\n"
 
 
 def _json_types(hint: Any) -> tuple[type, ...]:

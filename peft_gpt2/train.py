@@ -19,7 +19,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,12 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out
+
+
+def _installed() -> dict[str, str]:
+    """Every installed distribution and its version: what ``peft-gpt2 requirements RUN`` turns into a file."""
+    found = ((d.metadata["Name"], d.version) for d in distributions())
+    return dict(sorted((name, v) for name, v in found if name))
 
 
 @dataclass
@@ -290,6 +296,7 @@ def describe(recipe: Recipe, model: PreTrainedModel, trainable: int, total: int)
         total_parameters=total,
         recipe=recipe_dict(recipe),
         versions=_versions(),
+        installed=_installed(),
     )
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import IA3Config, LoraConfig, PrefixTuningConfig, VeraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, VeraConfig, get_peft_model
 
 from peft_gpt2 import models
 from peft_gpt2.adapter_set import AdapterSet
+from peft_gpt2.batching import Job
 from peft_gpt2.compare import compare
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.generation import GenerationSettings
@@ -23,6 +24,7 @@ from peft_gpt2.merge import merge_adapter
 from peft_gpt2.methods import adapter_config, drop_routing_hooks
 from peft_gpt2.recipe import load_recipe
 from peft_gpt2.sft import peft_config
+from peft_gpt2.stepping import StepEngine
 from peft_gpt2.train import train
 
 FAST = GenerationSettings(max_new_tokens=5, stop=["###"])
@@ -32,6 +34,7 @@ CONFIGS = {
     "ia3": lambda: IA3Config(),
     "vera": lambda: VeraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True),
     "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=4),
+    "prompt": lambda: PromptTuningConfig(num_virtual_tokens=4),
     "pissa": lambda: LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights="pissa"),
 }
 PROMPTS = ["Double it.", "Shout it.", "Name a color.", "Count to three."]
@@ -75,6 +78,73 @@ def test_rows_of_a_method_peft_cannot_mix_are_batched_per_adapter(tmp_path, tiny
     together = m.generate(PROMPTS, adapters=rows, settings=FAST)
     assert together == one_by_one(m, rows)
     assert len({c.text for c in one_by_one(m, ["a", "b", None, None])[:3]}) == 3  # each adapter matters
+
+
+def full_forward_greedy(model, tokenizer, prompt: str, steps: int) -> list[int]:
+    """Greedy tokens from one whole forward pass per token, no cache: PEFT's ``forward`` prepends a prompt-learning
+    adapter's virtual tokens on every call, so this is the answer with the adapter certainly applied."""
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    out: list[int] = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            token = int(model(input_ids=ids).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_virtual_tokens_are_never_ignored(tmp_path, tiny, method):
+    """A prompt-learning adapter's virtual tokens reach the model in training, ``generate``, mixed batches and the
+    step engine: every greedy answer equals the one decoded by whole forward passes, and differs from the base's.
+
+    transformers 5.24 renamed the model's ``past_key_values`` argument to ``cache``; PEFT 0.21's ``generate`` still
+    puts the prefix under the old name, which the model then ignores, so prefix tuning became a silent no-op (and
+    prompt tuning re-inserted its tokens at every step). ``pyproject.toml`` keeps transformers below 5.24 until PEFT
+    follows; this test is what tells us when that changes.
+    """
+    model, tokenizer = tiny
+    m = AdapterSet(model, tokenizer, {"a": make_adapter(tmp_path, method, 1)})
+    steps, prompts = 6, PROMPTS[:2]
+    settings = GenerationSettings(max_new_tokens=steps, stop=[])
+    with m.using("a"):
+        want = [full_forward_greedy(m.model, tokenizer, p, steps) for p in prompts]
+        with m.model.disable_adapter():
+            base = [full_forward_greedy(m.model, tokenizer, p, steps) for p in prompts]
+    assert want != base  # the adapter matters, so ignoring it cannot pass
+
+    # training: the loss sees the virtual tokens, and its gradient reaches them
+    batch = tokenizer(prompts[0], return_tensors="pt")
+    m.model.train()
+    with m.using("a"):
+        loss = m.model(**batch, labels=batch.input_ids).loss
+        with m.model.disable_adapter(), torch.no_grad():
+            base_loss = m.model(**batch, labels=batch.input_ids).loss
+        loss.backward()
+    m.model.eval()
+    assert not torch.isclose(loss, base_loss)
+    grads = [p.grad for n, p in m.model.named_parameters() if "prompt_encoder" in n and p.grad is not None]
+    assert grads and all(g.abs().sum() > 0 for g in grads)
+    m.model.zero_grad(set_to_none=True)
+
+    def answers(completions) -> list[str]:
+        return [c.text for c in completions]
+
+    decoded, base_decoded = ([tokenizer.decode(ids).strip() for ids in answer] for answer in (want, base))
+    assert [len(p) for p in tokenizer(prompts).input_ids] == [3, 4]  # one row is left-padded in a batch
+    assert answers(m.generate(prompts, adapters=["a", "a"], settings=settings, raw=True)) == decoded
+    mixed = m.generate(prompts + prompts, adapters=["a", None, None, "a"], settings=settings, raw=True)
+    assert answers(mixed) == [decoded[0], base_decoded[1], base_decoded[0], decoded[1]]
+    engine = StepEngine(m, max_batch=4, wait_s=0.01, max_queue=8)
+    try:
+        jobs = [Job([p], "a", settings, (), 1000) for p in prompts]
+        for j in jobs:
+            engine.submit(j)
+        assert answers(j.future.result(timeout=120)[0] for j in jobs) == decoded
+    finally:
+        engine.close()
 
 
 def test_lora_and_dora_share_a_set(tmp_path, tiny):

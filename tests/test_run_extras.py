@@ -226,3 +226,22 @@ def test_push_to_an_unreachable_hub_is_one_line(run, monkeypatch):
         port = s.getsockname()[1]
     with pytest.raises(PeftGpt2Error, match=rf"cannot reach the Hub at http://127.0.0.1:{port}: .*are you online"):
         push(run.path, "USER/x", endpoint=f"http://127.0.0.1:{port}")
+
+
+def test_requirements_of_a_run_pin_the_environment_that_made_it(run, capsys, tmp_path):
+    """``peft-gpt2 requirements RUN`` turns the recorded environment into a pip file: every distribution pinned to
+    the version that trained, torch left to the user's build; a folder that is not a run is named."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    from peft_gpt2.cli import main
+
+    assert main(["requirements", str(run.path)]) == 0
+    text = capsys.readouterr().out
+    pins = {(r := Requirement(line)).name: str(r.specifier) for line in text.splitlines() if not line.startswith("#")}
+    for name in ("transformers", "peft", "trl", "accelerate", "datasets", "numpy"):
+        assert pins[name] == f"=={version(name)}"
+    assert "torch" not in pins and f"# torch=={version('torch')}: install it first" in text
+    assert main(["requirements", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run folder" in capsys.readouterr().err
