@@ -31,10 +31,10 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
     """A saved PEFT adapter with non-zero B (a trained adapter's shape and cost, without training)."""
     from peft import get_peft_model
 
-    from peft_gpt2.models import config_fingerprint, load_base
-    from peft_gpt2.recipe import DataConfig, Recipe
+    from peft_gpt2.data.config import DataConfig, Recipe
+    from peft_gpt2.models.loading import config_fingerprint, load_base
     from peft_gpt2.run_folder import Provenance
-    from peft_gpt2.sft import peft_config
+    from peft_gpt2.training.trainer import peft_config
 
     base, _ = load_base(model_name)
     peft_model = get_peft_model(base, peft_config(Recipe(name="bench", data=DataConfig(path="x")), base))
@@ -48,7 +48,7 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
 
 def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int = 3) -> float:
     """Greedy tokens/s for exactly ``new_tokens`` per row (eos switched off), median of ``repeats``."""
-    from peft_gpt2.generation import GenerationSettings, generate
+    from peft_gpt2.inference.generation import GenerationSettings, generate
 
     settings = GenerationSettings(max_new_tokens=new_tokens, stop=["\u0000never"], batch_size=len(prompts))
     eos = model.generation_config.eos_token_id
@@ -68,7 +68,7 @@ def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats:
 def mixed_vs_serial(m, prompts: list[str], new_tokens: int) -> dict:
     """Seconds for the same requests (adapters a, b, base in turn) as one mixed batch, one call per adapter,
     and one call per request; and whether all three give the same answers."""
-    from peft_gpt2.generation import GenerationSettings
+    from peft_gpt2.inference.generation import GenerationSettings
 
     names = [("a", "b", None)[i % 3] for i in range(len(prompts))]
     settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=len(prompts))
@@ -97,8 +97,8 @@ def mixed_vs_serial(m, prompts: list[str], new_tokens: int) -> dict:
 
 
 def main() -> None:
-    from peft_gpt2.adapter_set import AdapterSet
-    from peft_gpt2.models import load_base
+    from peft_gpt2.adapters.adapter_set import AdapterSet
+    from peft_gpt2.models.loading import load_base
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-gpt2")

@@ -5,7 +5,7 @@
 Three ways to answer the same questions, greedy, at most ``--max-new-tokens`` each:
 - pipeline loop: ``pipeline("text-generation")`` called once per question, as a notebook does (it stops
   only at eos or the token limit; its answers are cut at the stop string afterwards for comparison);
-- our loop: ``peft_gpt2.generation.generate`` with one prompt at a time (stops at ``### `` too);
+- our loop: ``peft_gpt2.inference.generation.generate`` with one prompt at a time (stops at ``### `` too);
 - batched: ``generate`` with all prompts (left-padded, length-sorted batches).
 Answers must match, so the speed-up is not bought with different output.
 Results go to bench/results/eval_batching.{json,md}.
@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from transformers import pipeline
 
-from peft_gpt2.evaluation import load_eval_records
-from peft_gpt2.generation import GenerationSettings, cut_at_stop, generate
-from peft_gpt2.models import load_base
-from peft_gpt2.templates import TEMPLATES
+from peft_gpt2.data.templates import TEMPLATES
+from peft_gpt2.evaluation.evaluate import load_eval_records
+from peft_gpt2.inference.generation import GenerationSettings, cut_at_stop, generate
+from peft_gpt2.models.loading import load_base
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Run the full bench on a quiet machine: every mode is timed in the same run, but 
 (the load average before and after is recorded). Results: bench/results/serve_load-<model>.{json,md}.
 
 What it measures, and the choices made:
-- Servers: ``peft_gpt2.server.serve`` under uvicorn, each in its own process (so the load generator does not
+- Servers: ``peft_gpt2.serving.app.serve`` under uvicorn, each in its own process (so the load generator does not
   share its GIL), on a free loopback port, one process per mode ("step", "batch", "lock"), started and stopped in
   turn, all with the same adapter set (16 adapters loaded; a mix uses some of them), ``max_batch`` = concurrency.
 - Adapters: random LoRA updates (PEFT's LoRA on the architecture's default targets, A and B drawn from a seeded
@@ -80,8 +80,8 @@ def make_adapters(model_name: str, root: Path, count: int, std: float) -> dict[s
     import torch
     from peft import get_peft_model
 
-    from peft_gpt2.methods import adapter_config
-    from peft_gpt2.models import config_fingerprint, load_base
+    from peft_gpt2.models.loading import config_fingerprint, load_base
+    from peft_gpt2.models.methods import adapter_config
     from peft_gpt2.run_folder import Provenance
 
     base, _ = load_base(model_name)
@@ -111,7 +111,7 @@ class Server:
             self.port = s.getsockname()[1]
         self.url, self.mode = f"http://127.0.0.1:{self.port}", mode
         self.code = (
-            "from peft_gpt2.server import serve; "
+            "from peft_gpt2.serving.app import serve; "
             f"serve({model!r}, {adapters!r}, port={self.port}, mode={mode!r}, max_batch={max_batch}, "
             f"max_queue={max_queue}, log_level='warning')"
         )

@@ -1,4 +1,4 @@
-"""Batch vs lock mode of peft_gpt2.server: N concurrent mixed-adapter /v1/completions requests over HTTP.
+"""Batch vs lock mode of peft_gpt2.serving.app: N concurrent mixed-adapter /v1/completions requests over HTTP.
 
     python bench/server_modes.py --concurrency 50 100 200 --modes batch lock --max-tokens 16 --repeats 3
 The server runs in its own process (serve(), uvicorn), the load from an asyncio httpx client in this one.
@@ -33,8 +33,8 @@ def adapters() -> dict[str, str]:
     out = {n: ROOT / "adapters" / f"bench-{n}" for n in ("A", "B")}
     if all((p / "adapter_config.json").exists() for p in out.values()):
         return {n: str(p) for n, p in out.items()}
-    from peft_gpt2.recipe import load_recipe
-    from peft_gpt2.train import train
+    from peft_gpt2.config.recipe import load_recipe
+    from peft_gpt2.training.train import train
 
     data = {
         "A": [{"instruction": "Double it.", "input": str(a), "output": str(2 * a)} for a in range(16)],
@@ -88,7 +88,7 @@ def main() -> None:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             code = (
-                "from peft_gpt2.server import serve; "
+                "from peft_gpt2.serving.app import serve; "
                 f"serve('tiny-gpt2', {paths!r}, port={port}, mode={mode!r}, max_batch={args.max_batch}, "
                 "log_level='warning')"
             )

@@ -12,7 +12,7 @@ weights, max length 256, batch 5 and steps for every variant; each variant runs 
 peak memory and threads do not leak. Effective tokens/s counts non-padding tokens of the batches fed, after
 warm-up steps; by default each variant runs one epoch, so all see the same examples. Padding-free batches
 (``train.padding_free``) are measured with the attention the model has; ``make_trainer`` refuses them where
-attention would let examples see each other (tests/test_train.py). Results: bench/results/train_speed.{json,md}
+attention would let examples see each other (tests/training/test_train.py). Results: bench/results/train_speed.{json,md}
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ TARGETS = [("ours full >= 2x baseline (same method)", "full", 2.0), ("ours LoRA 
 
 def load_pairs(n: int, tokenizer) -> tuple[list[dict], str]:
     """``n`` Alpaca records (seeded sample) as checked prompt/completion pairs, and where they came from."""
-    from peft_gpt2.instructions import clean, load_records, subsample
-    from peft_gpt2.templates import TEMPLATES, tokenize_pairs
+    from peft_gpt2.data.instructions import clean, load_records, subsample
+    from peft_gpt2.data.templates import TEMPLATES, tokenize_pairs
 
     records = subsample(clean(load_records(str(ALPACA)))[0], limit=n, fraction=None, seed=SEED)
     pairs = [TEMPLATES["alpaca"].render(r) for r in records]
@@ -81,7 +81,7 @@ def build_model_dir(size: str, folder: Path) -> None:
     """Random-init GPT-2 (small, or 2 layers x 64 wide) with a fixed seed, saved once for every variant."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from peft_gpt2.models import load_tokenizer
+    from peft_gpt2.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer("tiny-gpt2")  # the real GPT-2 BPE, offline; pad = eos
     torch.manual_seed(0)
@@ -133,10 +133,11 @@ def our_trainer(spec: dict, model_dir: Path, tokenizer, pairs: list[dict], steps
     """``make_trainer`` on a recipe with our defaults, changed only where the variant says (``spec``)."""
     from transformers import AutoModelForCausalLM
 
-    from peft_gpt2 import sft
-    from peft_gpt2.recipe import TRAIN_DEFAULTS, DataConfig, ModelConfig, Recipe
-    from peft_gpt2.sft import make_trainer, resolve_precision, sft_config
-    from peft_gpt2.train import load_model
+    from peft_gpt2.config.recipe import TRAIN_DEFAULTS, ModelConfig, Recipe
+    from peft_gpt2.data.config import DataConfig
+    from peft_gpt2.training import trainer as sft
+    from peft_gpt2.training.train import load_model
+    from peft_gpt2.training.trainer import make_trainer, resolve_precision, sft_config
 
     if spec.get("keep_freed_memory") is False:
         sft.keep_freed_memory = lambda: False
@@ -156,7 +157,7 @@ def our_trainer(spec: dict, model_dir: Path, tokenizer, pairs: list[dict], steps
     )
     args = sft_config(recipe, Path(out), resolve_precision(recipe.train["precision"]))
     if recipe.method == "lora-8bit":
-        model = load_model(recipe)  # quantized and prepared as peft_gpt2.train.train does it
+        model = load_model(recipe)  # quantized and prepared as peft_gpt2.training.train.train does it
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=spec.get("attn", "sdpa"))
     return make_trainer(recipe, model, tokenizer, args, pairs, [])
@@ -166,7 +167,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     """One variant, in this (fresh) process."""
     from transformers import AutoTokenizer, TrainerCallback
 
-    from peft_gpt2.train import peak_memory_mb
+    from peft_gpt2.training.train import peak_memory_mb
 
     if name == "matmul-peak":
         return matmul_peak(512 if args.size == "tiny" else 2048)
@@ -306,7 +307,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str) -> 
         "baseline's collator masks pad = eos, so it never learns to stop (a correctness difference, not a speed one). "
         "Padding-free batches are one row per batch; with SDPA they are exact here because transformers 5 builds a "
         "block-diagonal mask from the restarting position ids when no cache is passed (checked before training, "
-        "and in tests/test_train.py). Run a whole epoch (the default, `--steps 0`) "
+        "and in tests/training/test_train.py). Run a whole epoch (the default, `--steps 0`) "
         "for the fairest numbers: length grouping sorts each megabatch longest-first, so a partial epoch feeds the "
         "grouped variants a longer-than-average subset (see tokens/example). Variants run one after another, "
         "so a machine that is busy with anything else skews the ratios.",

@@ -1,5 +1,5 @@
 import sys
 
-from peft_gpt2.cli import main
+from peft_gpt2.cli.main import main
 
 sys.exit(main())

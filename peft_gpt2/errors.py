@@ -14,3 +14,9 @@ def os_error(err: OSError) -> str:
     files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
     reason = err.strerror or " ".join(str(err).split()) or type(err).__name__  # one line
     return f"{files}: {reason}" if files else reason
+
+
+def check_key(ok: bool, key: str, message: str) -> None:
+    """Refuse a recipe value: ``recipe key <key>: <message>``, the form every recipe check shares."""
+    if not ok:
+        raise PeftGpt2Error(f"recipe key {key}: {message}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import tempfile
 import threading
@@ -25,7 +26,19 @@ for _key, _value in {
     os.environ[_key] = _value
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
+from peft import (  # noqa: E402
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    VeraConfig,
+    get_peft_model,
+)
+
+from peft_gpt2.config.recipe import load_recipe  # noqa: E402
+from peft_gpt2.models import loading as models  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]  # tests find shipped files from here, never from the working directory
 
@@ -33,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]  # tests find shipped files from here
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
     """Folder of the ``tiny-gpt2`` preset: GPT-2 architecture (Conv1D, tied head), random weights."""
-    from peft_gpt2.models import resolve_model
+    from peft_gpt2.models.loading import resolve_model
 
     return resolve_model("tiny-gpt2")
 
@@ -41,7 +54,7 @@ def tiny_path() -> str:
 @pytest.fixture()
 def tiny(tiny_path):
     """A fresh ``(model, tokenizer)`` pair of the tiny GPT-2, in eval mode."""
-    from peft_gpt2.models import load_base
+    from peft_gpt2.models.loading import load_base
 
     model, tokenizer = load_base(tiny_path)
     return model.eval(), tokenizer
@@ -50,7 +63,7 @@ def tiny(tiny_path):
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(tiny_path):
     """The real 50257-token GPT-2 tokenizer, pad = eos."""
-    from peft_gpt2.models import load_tokenizer
+    from peft_gpt2.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_path)
 
@@ -92,8 +105,8 @@ def write_recipe(path: Path, **sections) -> Path:
 
 def train_toy_adapter(root, name: str, *, rank: int = 8, steps: int = 3, lr: float = 3e-2, records: int = 40):
     """Train a LoRA adapter of the tiny GPT-2 on toy task ``name`` ("A": doubling, "B": shouting); its folder."""
-    from peft_gpt2.recipe import load_recipe
-    from peft_gpt2.train import train
+    from peft_gpt2.config.recipe import load_recipe
+    from peft_gpt2.training.train import train
 
     (root / f"{name}.json").write_text(json.dumps(TOY_DATA[name][:records]))
     recipe = write_recipe(
@@ -127,3 +140,66 @@ def serving(app) -> Iterator[str]:
         thread.join(timeout=30)
         sock.close()
         assert not thread.is_alive(), "server did not stop"
+
+
+CONFIGS = {
+    "lora": lambda: LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True),
+    "dora": lambda: LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, use_dora=True),
+    "ia3": lambda: IA3Config(),
+    "vera": lambda: VeraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True),
+    "prefix": lambda: PrefixTuningConfig(num_virtual_tokens=4),
+    "prompt": lambda: PromptTuningConfig(num_virtual_tokens=4),
+    "pissa": lambda: LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights="pissa"),
+}
+
+
+def make_adapter(root, method: str, seed: int) -> str:
+    """A ``method`` adapter of the tiny GPT-2 whose trainable weights are moved off their initial values, so it
+    changes the output (an untrained IA3 or LoRA adapter is the identity)."""
+    model, _ = models.load_base("tiny-gpt2")
+    config = CONFIGS[method]()
+    config.task_type = "CAUSAL_LM"
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in (p for p in peft_model.parameters() if p.requires_grad):
+            param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    folder = root / f"{method}-{seed}"
+    peft_model.save_pretrained(folder)
+    return str(folder)
+
+
+def addition_records(n: int, seed: int = 0) -> list[dict]:
+    """A learnable toy task: short, regular completions."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        out.append({"instruction": "Add the two numbers.", "input": f"{a} and {b}", "output": str(a + b)})
+    return out
+
+
+TOY = {  # a toy run that learns addition in 30 steps
+    "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": ["c_attn", "c_proj", "c_fc"]},
+    "train": {
+        "learning_rate": 1e-2,
+        "max_steps": 30,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 10,
+        "warmup_steps": 0,
+    },
+}
+
+
+def make_recipe(tmp_path: Path, *overrides: str, records: list[dict] | None = None, data: dict | None = None):
+    """``toy.yaml`` (the toy run, on ``data.json``: ``records`` or 240 additions), loaded with ``--set`` overrides."""
+    (tmp_path / "data.json").write_text(json.dumps(records if records is not None else addition_records(240)))
+    path = write_recipe(tmp_path / "toy.yaml", data={"max_length": 64, **(data or {})}, **TOY)
+    return load_recipe(path, list(overrides))
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """YAML whose ``levels`` anchors each repeat the one before 9 times: 9**levels values from a few hundred bytes."""
+    lines = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "[" + ", ".join(lines) + "]"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TOY_DATA, write_recipe
 
-from peft_gpt2.cli import main
+from peft_gpt2.cli.main import main
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.run_folder import publish_folder
 
@@ -40,8 +40,8 @@ def nothing_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("loaded the data or the model before checking the output folder")
 
-    monkeypatch.setattr("peft_gpt2.train.training_rows", refuse)
-    monkeypatch.setattr("peft_gpt2.train.load_model", refuse)
+    monkeypatch.setattr("peft_gpt2.training.train.training_rows", refuse)
+    monkeypatch.setattr("peft_gpt2.training.train.load_model", refuse)
 
 
 @pytest.mark.parametrize("output_dir", ["taken", "taken/sub"])
@@ -148,7 +148,7 @@ def test_a_bug_is_still_a_traceback(monkeypatch, tmp_path):
     def bug(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("peft_gpt2.cli._train", bug)
+    monkeypatch.setattr("peft_gpt2.cli.main._train", bug)
     with pytest.raises(KeyError):
         main(["train", str(tmp_path / "r.yaml")])
 

@@ -1,0 +1,1 @@
+"""Adapter folders: their checks, `AdapterSet` (many adapters over one base), merging, chat prompt rendering."""

@@ -1,0 +1,1 @@
+"""Training and evaluation data: sources (files, URLs, hub sets), templates, and the rows each format makes."""

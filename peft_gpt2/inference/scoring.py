@@ -1,0 +1,163 @@
+"""Teacher-forced scoring: how likely a model finds given tokens (perplexity, token accuracy), no generation.
+
+    python -c "from peft_gpt2.models.loading import load_base; from peft_gpt2.inference.scoring import \
+completion_loss; m, t = load_base('tiny-gpt2'); \
+print(completion_loss(m, t, [{'prompt': 'Q: hi\\n', 'completion': 'hello'}]))"
+
+The loss is over the same tokens training learns (completion + eos, never prompt or padding), summed per token
+over the whole set, so the perplexity does not depend on batch size or on how rows of different lengths are
+grouped. Training (validation loss) and evaluation both score through here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from peft_gpt2.data.templates import tokenize_pairs
+from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.models.loading import max_positions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def completion_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[dict],
+    *,
+    batch_size: int = 16,
+    max_length: int = 1024,
+) -> dict:
+    """Teacher-forced NLL of each completion and its eos given the prompt, summed per token over all pairs.
+
+    Sums, not per-batch means, so perplexity is ``exp(total NLL / total completion tokens)`` for any batching.
+    Labels are masked by position (prompt length, right padding), never by token id: GPT-2's pad is its eos,
+    and the eos that ends each completion is scored as in training.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): A causal LM; run in eval mode (restored afterwards).
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer, with a pad token and an eos token.
+        pairs (`list[dict]`): ``{"prompt", "completion"}`` as `Template.render` makes them, or tokenized
+            conversations ``{"input_ids", "assistant_masks"}`` (`peft_gpt2.data.conversations`): only the tokens their
+            mask marks (assistant turns and their end-of-turn) are scored.
+        batch_size (`int`, defaults to 16): Sequences per forward pass, grouped by length to cut padding.
+        max_length (`int`, defaults to 1024): Tokens kept per sequence (from the start; capped at the model's
+            positions). A pair whose prompt alone fills it is dropped, as in training.
+
+    Returns:
+        `dict`: ``nll_sum``, ``tokens`` (scored completion + eos tokens), ``correct`` (argmax hits), ``loss``
+        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts), and
+        ``nll_per_row``, ``tokens_per_row``, ``correct_per_row``: the same three sums per pair, in input order (0
+        for a dropped pair), for bootstrapping over items.
+
+    Raises:
+        `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
+    """
+    if not pairs:
+        raise PeftGpt2Error("no pairs to score")
+    if batch_size < 1:
+        raise PeftGpt2Error(f"batch_size={batch_size} must be >= 1")
+    max_length = min(max_length, max_positions(model.config) or max_length)
+    if "assistant_masks" in pairs[0]:  # tokenized conversations (peft_gpt2.data.conversations): scored by their masks
+        rows, masks = [r["input_ids"][:max_length] for r in pairs], [r["assistant_masks"][:max_length] for r in pairs]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        result = token_loss(model, rows, [0] * len(rows), pad_token_id=pad, batch_size=batch_size, masks=masks)
+        cut = [len(r["input_ids"]) > max_length for r in pairs]  # dropped: the cut left none of its masked tokens
+        dropped = sum(c and 1 not in m for c, m in zip(cut, masks, strict=True))
+        return {**result, "truncated": sum(cut) - dropped, "dropped": dropped}
+    kept = tokenize_pairs(pairs, tokenizer, max_length, "truncate", "eval")
+    if not kept.pairs:
+        raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")
+    rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in kept.full_ids]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = token_loss(model, rows, [len(p) for p in kept.prompt_ids], pad_token_id=pad, batch_size=batch_size)
+    position = {id(pair): i for i, pair in enumerate(pairs)}  # kept pairs back to their input positions
+    for key in ("nll_per_row", "tokens_per_row", "correct_per_row"):
+        values = [0.0 if key == "nll_per_row" else 0] * len(pairs)
+        for pair, value in zip(kept.pairs, result[key], strict=True):
+            values[position[id(pair)]] = value
+        result[key] = values
+    return {**result, "truncated": kept.truncated, "dropped": kept.dropped}
+
+
+def unscore(labels, starts: list[int], masks: list[list[int]] | None) -> None:
+    """Set ``labels`` to -100, row by row, before ``starts`` and (with ``masks``) where the mask is 0."""
+    import torch
+
+    for row, start in enumerate(starts):
+        labels[row, :start] = -100
+        if masks is not None:
+            labels[row, : len(masks[row])][torch.tensor(masks[row], device=labels.device) == 0] = -100
+
+
+def token_loss(
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    starts: list[int],
+    *,
+    pad_token_id: int,
+    batch_size: int = 16,
+    masks: list[list[int]] | None = None,
+) -> dict:
+    """Summed next-token NLL and argmax hits over the labelled positions of token rows.
+
+    Row ``i`` is scored from its token ``starts[i]`` on (0 for plain text: every token after the first; the
+    prompt length for a prompt+completion row), and with ``masks`` only where ``masks[i]`` is 1 (a conversation's
+    assistant tokens). Padding is masked by position, never by token id.
+
+    Returns:
+        `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
+        ``token_accuracy``, and ``nll_per_row``, ``tokens_per_row``, ``correct_per_row`` (the three sums per row,
+        in input order; the totals are their sums).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    nll, tokens, correct = 0.0, 0, 0
+    row_nll, row_tokens, row_correct = [0.0] * len(rows), [0] * len(rows), [0] * len(rows)
+    was_training = model.training
+    model.eval()  # dropout off: the same model must score the same
+    try:
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin : begin + batch_size]
+            width = len(rows[idx[0]])
+            ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
+            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
+            labels = ids.masked_fill(mask == 0, -100)
+            unscore(labels, [starts[i] for i in idx], [masks[i] for i in idx] if masks is not None else None)
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = logits[:, logits.shape[1] - width :]  # prompt tuning prepends its virtual tokens' logits
+            labels = labels[:, 1:]
+            keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
+            scored = logits[:, :-1][keep].float()
+            targets = labels[keep]
+            losses = F.cross_entropy(scored, targets, reduction="none")
+            hits = scored.argmax(-1) == targets
+            nll += losses.sum().item()
+            correct += int(hits.sum())
+            tokens += int(keep.sum())
+            counts = keep.sum(1).tolist()  # scored positions per row, in row-major order as losses/hits are
+            for i, part_nll, part_hits, count in zip(
+                idx, losses.split(counts), hits.split(counts), counts, strict=True
+            ):
+                row_nll[i], row_correct[i], row_tokens[i] = part_nll.sum().item(), int(part_hits.sum()), count
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise PeftGpt2Error("no labelled tokens to score")
+    loss = nll / tokens
+    return {
+        "nll_sum": nll,
+        "tokens": tokens,
+        "correct": correct,
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "token_accuracy": correct / tokens,
+        "nll_per_row": row_nll,
+        "tokens_per_row": row_tokens,
+        "correct_per_row": row_correct,
+    }

@@ -1,0 +1,1 @@
+"""Compare results to files: Markdown/JSON/CSV tables and charts."""
