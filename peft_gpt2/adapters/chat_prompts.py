@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from peft_gpt2.data.conversations import GPT2_CHAT_TEMPLATE
+from peft_gpt2.data.conversations import GPT2_CHAT_TEMPLATE, end_of_turn_ids
 from peft_gpt2.errors import PeftGpt2Error
 
 if TYPE_CHECKING:
@@ -186,27 +186,6 @@ def _chat_template(tokenizer: PreTrainedTokenizerBase, template: str, messages: 
     except TemplateError as err:  # a template's raise_exception() ("roles must alternate"): its own words
         raise PeftGpt2Error(f"messages: the {source} refused them: {err}") from None
     return ChatPrompt(text, [], end_of_turn_ids(tokenizer, template), source)
-
-
-def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, template: str) -> list[int]:
-    """The special token ``template`` puts right after an assistant turn's content (ChatML: ``<|im_end|>``; ours:
-    eos), found as ``conversations.render_segments`` finds it; ``[]`` if it puts none there."""
-    from jinja2 import TemplateError
-
-    pair = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
-    try:
-        full = tokenizer.apply_chat_template(pair, chat_template=template, tokenize=False)
-        prefix = tokenizer.apply_chat_template(
-            pair[:1], chat_template=template, tokenize=False, add_generation_prompt=True
-        )
-    except TemplateError:  # a template that wants a system turn, say: then stop strings and eos must do
-        return []
-    end = len(prefix) + len(pair[1]["content"])
-    if not full.startswith(prefix + pair[1]["content"]):
-        return []
-    specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
-    token = next((s for s in specials if full.startswith(s, end)), None)
-    return [] if token is None else [tokenizer.convert_tokens_to_ids(token)]
 
 
 def fit_history(

@@ -164,6 +164,28 @@ def render_segments(turns: list[dict], tokenizer: PreTrainedTokenizerBase, where
     return [*pieces, (full[pos:], 0)]
 
 
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, template: str) -> list[int]:
+    """The special token ``template`` puts right after an assistant turn's content (ChatML: ``<|im_end|>``; ours:
+    eos), found as ``render_segments`` finds it; the chat
+    command, the server and chat evaluation all stop there; ``[]`` if it puts none there."""
+    from jinja2 import TemplateError
+
+    pair = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    try:
+        full = tokenizer.apply_chat_template(pair, chat_template=template, tokenize=False)
+        prefix = tokenizer.apply_chat_template(
+            pair[:1], chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    except TemplateError:  # a template that wants a system turn, say: then stop strings and eos must do
+        return []
+    end = len(prefix) + len(pair[1]["content"])
+    if not full.startswith(prefix + pair[1]["content"]):
+        return []
+    specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+    token = next((s for s in specials if full.startswith(s, end)), None)
+    return [] if token is None else [tokenizer.convert_tokens_to_ids(token)]
+
+
 def tokenize_conversations(
     conversations: list[dict], tokenizer: PreTrainedTokenizerBase, source: str, *, last_turn_only: bool = False
 ) -> list[tuple[list[int], list[int]]]:

@@ -12,13 +12,12 @@ instruction records need plays no part: ``evaluation`` dispatches on the records
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from peft_gpt2.data.conversations import (
     SHAPES,
-    render_segments,
+    end_of_turn_ids,
     tokenize_conversations,
     validate_conversations,
     with_chat_template,
@@ -52,7 +51,7 @@ def chat_records(raw: list, source: str) -> list[dict]:
     ]
 
 
-def chat_prompts(tokenizer: PreTrainedTokenizerBase, records: list[dict]) -> list[str]:
+def last_turn_prompts(tokenizer: PreTrainedTokenizerBase, records: list[dict]) -> list[str]:
     """Each record's turns before its last, rendered with the chat template and its generation prompt (a base
     loaded without the run's tokenizer, GPT-2, gets ``GPT2_CHAT_TEMPLATE``, as the run was trained with)."""
     tokenizer = with_chat_template(tokenizer)
@@ -69,49 +68,21 @@ def chat_loss_rows(tokenizer: PreTrainedTokenizerBase, records: list[dict]) -> l
     return [{"input_ids": ids, "assistant_masks": mask} for ids, mask in tokenized]
 
 
-def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, records: list[dict]) -> set[int]:
-    """The token ids the chat template ends the records' last assistant turns with (GPT-2's template: eos;
-    SmolLM2's: ``<|im_end|>``, its eos). `render_segments` finds them, and refuses a template without one."""
-    tokenizer = with_chat_template(tokenizer)
-    ends = set()
-    for r in records:
-        pieces = render_segments(r["messages"], tokenizer, f"chat evaluation: record {r['record']}: field messages")
-        ends.add(pieces[-2][0][len(r["output"]) :])  # the last trained piece: the content, then its end-of-turn
-    return {tokenizer.convert_tokens_to_ids(token) for token in ends}
-
-
-@contextlib.contextmanager
-def stopping_at(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, token_ids: set[int]) -> Iterator[None]:
-    """Generation also ends at `token_ids` inside the block: ``generate`` stops at the model's eos ids, and a chat
-    template may end turns with another token. The model's ``generation_config`` is restored afterwards."""
-    config = model.generation_config
-    eos = config.eos_token_id
-    known = eos if isinstance(eos, list) else [tokenizer.eos_token_id if eos is None else eos]
-    missing = sorted(token_ids - set(known))
-    if missing:
-        config.eos_token_id = [*known, *missing]
-    try:
-        yield
-    finally:
-        config.eos_token_id = eos
-
-
 def answer_chats(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[dict], settings: GenerationSettings
 ) -> list[str]:
-    """Each record's generated last assistant turn, in input order."""
-    prompts = chat_prompts(tokenizer, records)
-    with stopping_at(model, tokenizer, end_of_turn_ids(tokenizer, records)):
-        return [c.text for c in generate(model, tokenizer, prompts, settings)]
+    """Each record's generated last assistant turn, in input order, ending also at the chat template's end of turn
+    (``generate`` ends at the model's eos; SmolLM2's ``<|im_end|>`` is its eos, another template's may not be)."""
+    chat = with_chat_template(tokenizer)
+    decoding = replace(settings, stop_token_ids=[*settings.stop_token_ids, *end_of_turn_ids(chat, chat.chat_template)])
+    return [c.text for c in generate(model, tokenizer, last_turn_prompts(tokenizer, records), decoding)]
 
 
 __all__ = [
     "CHAT_KEYS",
     "answer_chats",
     "chat_loss_rows",
-    "chat_prompts",
+    "last_turn_prompts",
     "chat_records",
-    "end_of_turn_ids",
     "is_chat",
-    "stopping_at",
 ]

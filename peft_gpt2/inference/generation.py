@@ -210,10 +210,10 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 
 def end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings) -> list[int]:
     """The tokens that end an answer: the model's eos (a list for models with several), else the tokenizer's, and
-    ``settings.stop_token_ids``."""
+    ``settings.stop_token_ids``, each once."""
     eos = model.generation_config.eos_token_id
     eos = tokenizer.eos_token_id if eos is None else eos
-    return [*(eos if isinstance(eos, list) else [eos]), *settings.stop_token_ids]
+    return list(dict.fromkeys([*(eos if isinstance(eos, list) else [eos]), *settings.stop_token_ids]))
 
 
 def generate(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from peft_gpt2.adapters.adapter_set import AdapterSet
-from peft_gpt2.adapters.chat_prompts import ChatPrompt, chat_prompt, check_messages, end_of_turn_ids, fit_history
-from peft_gpt2.data.conversations import GPT2_CHAT_TEMPLATE, render_segments
+from peft_gpt2.adapters.chat_prompts import ChatPrompt, chat_prompt, check_messages, fit_history
+from peft_gpt2.data.conversations import GPT2_CHAT_TEMPLATE, end_of_turn_ids, render_segments
 from peft_gpt2.data.templates import ALPACA, DATA_TO_TEXT, SHORT
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.models.loading import config_fingerprint, load_tokenizer

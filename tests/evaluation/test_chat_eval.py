@@ -10,12 +10,12 @@ from conftest import write_recipe
 
 from peft_gpt2.cli.main import main
 from peft_gpt2.config.recipe import load_recipe
-from peft_gpt2.data.conversations import with_chat_template
+from peft_gpt2.data.conversations import end_of_turn_ids, with_chat_template
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.evaluation.chat_eval import chat_loss_rows, end_of_turn_ids
+from peft_gpt2.evaluation.chat_eval import chat_loss_rows
 from peft_gpt2.evaluation.compare import Run, compare, shared_template
 from peft_gpt2.evaluation.evaluate import answer_records, evaluate_model, load_eval_records
-from peft_gpt2.inference.generation import Completion, GenerationSettings
+from peft_gpt2.inference.generation import Completion, GenerationSettings, end_ids
 from peft_gpt2.run_folder import Provenance
 
 FAST = GenerationSettings(max_new_tokens=4)
@@ -121,7 +121,8 @@ def test_the_prompt_is_the_earlier_turns_and_the_generation_prompt(tmp_path, tin
         "### System:\nBe brief.<|endoftext|>\n### User:\nWhat is 2 plus 3?<|endoftext|>\n"
         "### Assistant:\n2 plus 3 is 5.<|endoftext|>\n### User:\nAnd 7 times 8?<|endoftext|>\n### Assistant:\n"
     )
-    assert end_of_turn_ids(tokenizer, records) == {tokenizer.eos_token_id}  # GPT-2's turns end with eos: it stops
+    chat = with_chat_template(copy.deepcopy(tokenizer))
+    assert end_of_turn_ids(chat, chat.chat_template) == [tokenizer.eos_token_id]  # GPT-2's turns end with eos
 
 
 def test_an_end_of_turn_that_is_not_eos_stops_generation_too(tmp_path, tiny, monkeypatch):
@@ -137,12 +138,12 @@ def test_an_end_of_turn_that_is_not_eos_stops_generation_too(tmp_path, tiny, mon
     before = model.generation_config.eos_token_id
     seen = []
     monkeypatch.setattr(chat_eval, "generate", lambda model, tokenizer, prompts, settings: seen.append(
-        (prompts, model.generation_config.eos_token_id)) or [Completion("x", 1, "stop")])
+        (prompts, end_ids(model, tokenizer, settings))) or [Completion("x", 1, "stop")])
     records, _ = load_eval_records(write(tmp_path, [SHAREGPT]))
     answer_records(model, tokenizer, records, "alpaca", FAST)
     assert seen == [(["<user>Say hi in French.<|im_end|><assistant>Bonjour !<|im_end|><user>And goodbye?<|im_end|>"
                       "<assistant>"], [tokenizer.eos_token_id, end])]
-    assert model.generation_config.eos_token_id == before  # restored
+    assert model.generation_config.eos_token_id == before  # the model is not changed: the settings carry the stop
 
 
 def test_the_loss_counts_exactly_the_last_assistant_turn(tmp_path, tiny):
