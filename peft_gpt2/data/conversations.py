@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from peft_gpt2.data.instructions import InstructionRows, split, subsample
+from peft_gpt2.data.instructions import split, subsample
+from peft_gpt2.data.rows import TrainingRows
 from peft_gpt2.data.sources import read_source
 from peft_gpt2.errors import PeftGpt2Error
 
@@ -223,7 +224,7 @@ def fit_rows(tokenized: list[tuple[list[int], list[int]]], max_length: int, over
     return rows, truncated, dropped
 
 
-def conversation_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
+def conversation_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingRows:
     """Load, check, dedupe, subsample and split ``data.path``; tokenize train and validation with their masks.
 
     Rows are ``{"input_ids", "assistant_masks"}``: TRL's own pre-tokenized conversational shape, from which its
@@ -253,4 +254,4 @@ def conversation_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Inst
         stats.update({f"{name}_overlong_truncated": truncated, f"{name}_overlong_dropped": dropped})
     if not rows["train"]:
         raise PeftGpt2Error(f"{d.path}: every training conversation is longer than data.max_length={d.max_length}")
-    return InstructionRows(rows["train"], rows["validation"], [{"messages": c["messages"]} for c in test], stats)
+    return TrainingRows(rows["train"], rows["validation"], [{"messages": c["messages"]} for c in test], stats)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from peft_gpt2.data.rows import TrainingRows
 from peft_gpt2.data.sources import read_text
 from peft_gpt2.errors import PeftGpt2Error
 
@@ -200,7 +201,7 @@ def corpus_blocks(docs: list[Document], tokenizer, block_size: int) -> tuple[lis
     return pack_blocks(token_ids, block_size, tokenizer.eos_token_id)
 
 
-def corpus_rows(path: str, tokenizer, block_size: int, validation_fraction: float) -> tuple[list, list, dict]:
+def corpus_rows(path: str, tokenizer, block_size: int, validation_fraction: float) -> TrainingRows:
     """Training and validation blocks of ``block_size`` tokens (loss on every token) from a corpus, and counts.
 
     Validation text is the end of each document rather than random blocks, so it never neighbours training text.
@@ -215,4 +216,4 @@ def corpus_rows(path: str, tokenizer, block_size: int, validation_fraction: floa
         **{f"train_{k}": v for k, v in train_stats.items()},
         **{f"validation_{k}": v for k, v in val_stats.items()},
     }
-    return train_blocks, val_blocks, stats
+    return TrainingRows([{"input_ids": b} for b in train_blocks], [{"input_ids": b} for b in val_blocks], [], stats)

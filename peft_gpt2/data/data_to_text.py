@@ -15,7 +15,8 @@ import csv
 import io
 from typing import TYPE_CHECKING
 
-from peft_gpt2.data.instructions import InstructionRows, Splits, rows_from_splits, split, subsample
+from peft_gpt2.data.instructions import Splits, rows_from_splits, split, subsample
+from peft_gpt2.data.rows import TrainingRows
 from peft_gpt2.data.sources import is_hub_name, read_text
 from peft_gpt2.errors import PeftGpt2Error
 
@@ -94,7 +95,7 @@ def as_eval_records(groups: list[dict]) -> list[dict]:
     ]
 
 
-def data_to_text_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
+def data_to_text_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingRows:
     """Split the MRs (seeded, by MR), then train on every (MR, reference) pair of the training MRs.
 
     A hub data set (``e2e_nlg``) keeps its own train / validation / test splits (``data.split`` is not used);

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peft_gpt2.data.rows import TrainingRows
 from peft_gpt2.data.sources import read_source
 from peft_gpt2.data.templates import TokenizedPairs, get_template, tokenize_pairs
 from peft_gpt2.errors import PeftGpt2Error
@@ -132,17 +133,7 @@ def save_records(records: list[dict], path: Path) -> None:
     path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-@dataclass
-class InstructionRows:
-    """``{"prompt", "completion"}`` pairs for training and validation, the held-out test records, and counts."""
-
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
-    stats: dict
-
-
-def instruction_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
+def instruction_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingRows:
     """Load, clean and split ``data.path``; render the pairs through the template and check their completion masks.
 
     Needs only the tokenizer, never the model, so a bad record fails in seconds. The loss is on each completion and
@@ -152,7 +143,7 @@ def instruction_rows(d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Instr
     return rows_from_splits(splits, d, tokenizer)
 
 
-def rows_from_splits(splits: Splits, d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> InstructionRows:
+def rows_from_splits(splits: Splits, d: DataConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingRows:
     """Train and validation records rendered to pairs, checked and tokenized once; test records kept as they are."""
     template = get_template(d.template)
     stats = dict(splits.stats)
@@ -163,7 +154,7 @@ def rows_from_splits(splits: Splits, d: DataConfig, tokenizer: PreTrainedTokeniz
         stats.update({f"{name}_overlong_truncated": pairs.truncated, f"{name}_overlong_dropped": pairs.dropped})
     if not kept["train"]:
         raise PeftGpt2Error(f"{d.path}: every training example is longer than data.max_length={d.max_length}")
-    return InstructionRows(kept["train"], kept["validation"], splits.test, stats)
+    return TrainingRows(kept["train"], kept["validation"], splits.test, stats)
 
 
 def with_token_ids(kept: TokenizedPairs, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.config.preflight import check_new_output
 from peft_gpt2.config.recipe import Recipe, dump_recipe, recipe_dict
-from peft_gpt2.data.conversations import conversation_rows
-from peft_gpt2.data.corpus import corpus_rows
-from peft_gpt2.data.data_to_text import data_to_text_rows
-from peft_gpt2.data.instructions import instruction_rows, save_records
+from peft_gpt2.data.instructions import save_records
+from peft_gpt2.data.rows import TrainingRows
+from peft_gpt2.data.training_rows import training_rows
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.inference.scoring import completion_loss, token_loss
 from peft_gpt2.models.methods import method_label
@@ -62,31 +61,6 @@ class TrainRun:
     provenance: Provenance
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-
-
-@dataclass
-class TrainingRows:
-    """What the trainer sees: pairs (instructions) or blocks (text), validation rows, test records, counts."""
-
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
-    stats: dict
-
-
-def training_rows(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> TrainingRows:
-    """Load, clean, split and check the recipe's data; needs only the tokenizer, never the model.
-
-    Instructions become ``{"prompt", "completion"}`` pairs with their token ids (loss on the completion and its
-    eos); a text corpus becomes eos-separated blocks of ``data.max_length`` tokens (loss on every token).
-    """
-    d = recipe.data
-    if d.format == "text":
-        train_blocks, val_blocks, stats = corpus_rows(d.path, tokenizer, d.max_length, d.split[1])
-        return TrainingRows([{"input_ids": b} for b in train_blocks], [{"input_ids": b} for b in val_blocks], [], stats)
-    rows_of = {"data_to_text": data_to_text_rows, "messages": conversation_rows}.get(d.format, instruction_rows)
-    rows = rows_of(d, tokenizer)
-    return TrainingRows(rows.train, rows.validation, rows.test, rows.stats)
 
 
 VALIDATION_PART_ROWS = 1000  # validation rows scored between two progress lines, at least
@@ -171,7 +145,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     say(f"data: reading, checking and tokenizing {recipe.data.path}", flush=True)
     start = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model.name)
-    data = training_rows(recipe, tokenizer)
+    data = training_rows(recipe.data, tokenizer)
     say(f"data: {json.dumps(data.stats)} ({time.perf_counter() - start:.1f} s)", flush=True)
 
     # 2. Model and trainer.

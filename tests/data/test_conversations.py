@@ -250,7 +250,7 @@ def test_trl_builds_labels_from_the_masks_and_training_lowers_the_loss(tmp_path,
         train={"max_steps": 8, "learning_rate": 2e-2, "per_device_train_batch_size": 4, "logging_steps": 1},
     ))
     model, tokenizer = tiny
-    data = training_rows(recipe, tokenizer)
+    data = training_rows(recipe.data, tokenizer)
     args = SFTConfig(output_dir=str(tmp_path / "ck"), max_length=96, report_to="none", use_cpu=True)
     trainer = make_trainer(recipe, model, tokenizer, args, data.train, data.validation)
     for row, prepared in zip(data.train, trainer.train_dataset, strict=True):  # TRL's own mask -> labels step

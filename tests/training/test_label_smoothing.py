@@ -26,7 +26,7 @@ def test_smoothed_training_loss_is_next_token_cross_entropy(tmp_path, method):
         write_recipe(tmp_path / "r.yaml", method=method, lora=None, train={"label_smoothing_factor": 0.1})
     )
     tokenizer = load_tokenizer(recipe.model.name)
-    rows = training_rows(recipe, tokenizer)
+    rows = training_rows(recipe.data, tokenizer)
     args = trainer_args(recipe, Path(tmp_path / "ckpt"), resolve_precision("fp32"))
     model, _ = load_base(recipe.model.name)
     trainer = make_trainer(recipe, model, tokenizer, args, rows.train, rows.validation)
