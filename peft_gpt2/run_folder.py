@@ -49,7 +49,7 @@ def main_versions() -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    """Every installed distribution and its version: what ``peft-gpt2 requirements RUN`` turns into a file."""
+    """Every installed distribution and its version: what ``peft-gpt2 freeze RUN`` turns into a file."""
     found = ((d.metadata["Name"], d.version) for d in distributions())
     return dict(sorted((name, v) for name, v in found if name))
 

@@ -137,7 +137,7 @@ def _chat(args: argparse.Namespace) -> None:
     chat_main(args.model, adapters, _settings(args), args.template, force=args.force, allow_pickle=args.allow_pickle)
 
 
-def _requirements(args: argparse.Namespace) -> None:
+def _freeze(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from peft_gpt2.run_folder import PROVENANCE, Provenance
@@ -293,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", default=[], metavar="VARIANT", help="train a variant again ('all')")
     p.set_defaults(run=_pipeline)
     add_push_command(commands)
-    p = commands.add_parser("requirements", help="the package versions that made a run, as a pip requirements file")
+    p = commands.add_parser("freeze", help="the package versions that made a run, as pip requirements")
     p.add_argument("folder", metavar="RUN", help="a run folder, e.g. adapters/quickstart")
-    p.set_defaults(run=_requirements)
+    p.set_defaults(run=_freeze)
     for sub in commands.choices.values():  # --verbose after the command too; SUPPRESS keeps one given before it
         sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser

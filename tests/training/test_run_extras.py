@@ -229,7 +229,7 @@ def test_push_to_an_unreachable_hub_is_one_line(run, monkeypatch):
 
 
 def test_requirements_of_a_run_pin_the_environment_that_made_it(run, capsys, tmp_path):
-    """``peft-gpt2 requirements RUN`` turns the recorded environment into a pip file: every distribution pinned to
+    """``peft-gpt2 freeze RUN`` turns the recorded environment into a pip file: every distribution pinned to
     the version that trained, torch left to the user's build; a folder that is not a run is named."""
     from importlib.metadata import version
 
@@ -237,11 +237,11 @@ def test_requirements_of_a_run_pin_the_environment_that_made_it(run, capsys, tmp
 
     from peft_gpt2.cli.main import main
 
-    assert main(["requirements", str(run.path)]) == 0
+    assert main(["freeze", str(run.path)]) == 0
     text = capsys.readouterr().out
     pins = {(r := Requirement(line)).name: str(r.specifier) for line in text.splitlines() if not line.startswith("#")}
     for name in ("transformers", "peft", "trl", "accelerate", "datasets", "numpy"):
         assert pins[name] == f"=={version(name)}"
     assert "torch" not in pins and f"# torch=={version('torch')}: install it first" in text
-    assert main(["requirements", str(tmp_path)]) == 2
+    assert main(["freeze", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a run folder" in capsys.readouterr().err
