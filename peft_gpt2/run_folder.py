@@ -30,6 +30,8 @@ from peft_gpt2.data.templates import DEFAULT_TEMPLATE
 from peft_gpt2.errors import PeftGpt2Error
 
 PROVENANCE = "peft_gpt2.json"  # the provenance record
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: the folder is an adapter
+MODEL_CONFIG = "config.json"  # transformers': the folder is a whole model (a full fine-tune, a merge)
 RECIPE = "recipe.yaml"  # the fully resolved recipe
 TEST_SPLIT = "test.json"  # the held-out records (instructions) that ``compare --data test`` scores
 TRAIN_LOG = "train_log.json"  # the Trainer's log history
@@ -117,6 +119,16 @@ class Provenance:
                 raise PeftGpt2Error(f"{file}: {key} must be {wanted}, got {value!r:.60}")
         return cls(**record)
 
+    @property
+    def full_fine_tune(self) -> bool:
+        """Whether the run trained every weight (its folder is a model, not an adapter)."""
+        return self.recipe.get("method") == "full"
+
+    @property
+    def generation(self) -> dict[str, Any] | None:
+        """The recipe's ``generation`` section (how eval and compare decode this run), if it recorded one."""
+        return self.recipe.get("generation")
+
     def write(self, folder: str | Path) -> Path:
         """Write ``peft_gpt2.json`` into ``folder`` (atomically)."""
         file = Path(folder) / PROVENANCE
@@ -148,6 +160,15 @@ def _json_types(hint: Any) -> tuple[type, ...]:
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     kinds = tuple(typing.get_origin(t) or t for t in options if t is not type(None))
     return kinds + ((int,) if float in kinds else ())
+
+
+def kind_of(folder: str | Path) -> str | None:
+    """``"adapter"`` (a PEFT folder), ``"model"`` (a whole model folder) or ``None``: decided by the files, in this
+    one place, for loading, merging, pushing and pipelines alike."""
+    folder = Path(folder)
+    if (folder / ADAPTER_CONFIG).is_file():
+        return "adapter"
+    return "model" if (folder / MODEL_CONFIG).is_file() else None
 
 
 def held_out_records(folder: str | Path) -> Path | None:

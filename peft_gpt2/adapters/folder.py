@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.models.loading import config_fingerprint
-from peft_gpt2.run_folder import Provenance
+from peft_gpt2.run_folder import ADAPTER_CONFIG, MODEL_CONFIG, Provenance, kind_of
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -49,12 +49,10 @@ def folder_kind(path: str | Path, *, allow_pickle: bool = False) -> str:
     path = Path(path)
     if not path.is_dir():
         raise PeftGpt2Error(f"{path} is not a folder")
-    if (path / "adapter_config.json").exists():
-        weights = "adapter_model"
-    elif (path / "config.json").exists():
-        weights = "model"
-    else:
-        raise PeftGpt2Error(f"{path} is neither a PEFT adapter (adapter_config.json) nor a model folder (config.json)")
+    kind = kind_of(path)
+    if kind is None:
+        raise PeftGpt2Error(f"{path} is neither a PEFT adapter ({ADAPTER_CONFIG}) nor a model folder ({MODEL_CONFIG})")
+    weights = "adapter_model" if kind == "adapter" else "model"
     has_safetensors = any(path.glob(f"{weights}*.safetensors"))
     if not has_safetensors:
         if any(path.glob(f"{weights}*.bin")) and not allow_pickle:
@@ -64,7 +62,7 @@ def folder_kind(path: str | Path, *, allow_pickle: bool = False) -> str:
             )
         if not any(path.glob(f"{weights}*.bin")):
             raise PeftGpt2Error(f"{path} has no {weights}.safetensors weights")
-    return "adapter" if weights == "adapter_model" else "model"
+    return kind
 
 
 def base_of(path: str | Path) -> str:
@@ -72,7 +70,7 @@ def base_of(path: str | Path) -> str:
     recorded = Provenance.read(path).base_model
     if recorded:
         return recorded
-    file = Path(path) / "adapter_config.json"
+    file = Path(path) / ADAPTER_CONFIG
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as err:  # malformed, not UTF-8, nested past the stack, 4300+ digits

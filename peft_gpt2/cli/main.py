@@ -48,7 +48,7 @@ def _settings(args: argparse.Namespace, folders: list[str] | tuple[str, ...] = (
     from peft_gpt2.run_folder import Provenance
 
     given = {k: v for k, v in vars(args).items() if k in GENERATION_FLAGS and v is not None}
-    return resolve_settings(given, [Provenance.read(f).recipe.get("generation") for f in folders])
+    return resolve_settings(given, [Provenance.read(f).generation for f in folders])
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -88,11 +88,11 @@ def _eval(args: argparse.Namespace) -> None:
         return
     with adapter_set.using("adapter" if adapter else None):
         result = evaluate_model(adapter_set.model, tokenizer, records, template=template, settings=settings)
-    write_jsonl(result["answers"], answers)
-    summary["answers"] = str(answers)
+    write_jsonl(result.answers, answers)
+    summary.update(answers=str(answers))
     if task == "data_to_text":  # one line per MR, in input order: what the official E2E scripts score
-        summary["outputs"] = str(write_lines([a["generated"] for a in result["answers"]], outputs))
-    print(json.dumps({**summary, **result["metrics"]}, indent=2))
+        summary["outputs"] = str(write_lines([a["generated"] for a in result.answers], outputs))
+    print(json.dumps({**summary, **result.metrics}, indent=2))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -138,13 +138,9 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _freeze(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from peft_gpt2.training.hub import finished_run
 
-    from peft_gpt2.run_folder import PROVENANCE, Provenance
-
-    if not (Path(args.folder) / PROVENANCE).is_file():
-        raise PeftGpt2Error(f"{args.folder}: not a run folder (no {PROVENANCE}); give a folder `peft-gpt2 train` wrote")
-    sys.stdout.write(Provenance.read(args.folder).requirements())
+    sys.stdout.write(finished_run(args.folder).requirements())
 
 
 def _merge(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from peft_gpt2.cli.sweep import expand
 from peft_gpt2.config.recipe import Recipe, load_recipe
 from peft_gpt2.data.sources import load_yaml
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.run_folder import PROVENANCE
+from peft_gpt2.run_folder import MODEL_CONFIG, PROVENANCE
 
 KINDS = {
     "train": {"train", "set"},
@@ -57,7 +57,7 @@ class Stage:
         if self.kind == "train":
             return self.recipe.out_path / PROVENANCE
         if self.kind == "merge":
-            return Path(self.spec["out"]) / "config.json"
+            return Path(self.spec["out"]) / MODEL_CONFIG
         return Path("reports") / f"{self.spec['name']}.json"
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.run_folder import PROVENANCE, TEST_SPLIT, Provenance
+from peft_gpt2.run_folder import ADAPTER_CONFIG, MODEL_CONFIG, PROVENANCE, TEST_SPLIT, Provenance, kind_of
 from peft_gpt2.training.model_card import MODEL_CARD, model_card
 
 # upload_folder's ignore_patterns (fnmatch on the path inside the folder; ``*`` crosses ``/``).
@@ -39,8 +39,8 @@ def finished_run(folder: str | Path) -> Provenance:
         raise PeftGpt2Error(f"{path} is not a folder; push the folder peft-gpt2 train wrote (<output_dir>/<name>)")
     if not (path / PROVENANCE).is_file():
         raise PeftGpt2Error(f"{path} is not a finished peft-gpt2 run: no {PROVENANCE} (written when a run is saved)")
-    if not any((path / f).is_file() for f in ("adapter_config.json", "config.json")):
-        raise PeftGpt2Error(f"{path} has {PROVENANCE} but neither adapter_config.json nor config.json")
+    if kind_of(path) is None:
+        raise PeftGpt2Error(f"{path} has {PROVENANCE} but neither {ADAPTER_CONFIG} nor {MODEL_CONFIG}")
     return Provenance.read(path)
 
 

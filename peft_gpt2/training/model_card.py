@@ -57,7 +57,7 @@ def base_model_origin(name: str | None) -> tuple[str | None, str]:
 def front_matter(p: Provenance) -> str:
     from huggingface_hub import ModelCardData
 
-    full = p.recipe.get("method") == "full"
+    full = p.full_fine_tune
     hub_id, _ = base_model_origin(p.base_model)
     tags = [t for t in dict.fromkeys(["peft-gpt2", p.method, p.model_type, "text-generation"]) if t]
     data = ModelCardData(
@@ -98,7 +98,7 @@ def results_table(p: Provenance) -> str:
 def usage(p: Provenance, location: str, *, pushed: bool) -> str:
     """How to load it: plain transformers/PEFT, then peft-gpt2 (which reads local folders)."""
     hub_id, _ = base_model_origin(p.base_model)
-    full = p.recipe.get("method") == "full"
+    full = p.full_fine_tune
     plain = "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
     if full:
         plain += f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
@@ -136,7 +136,7 @@ def model_card(p: Provenance, location: str, *, pushed: bool = False) -> str:
     ``location`` is what a reader passes to ``from_pretrained``: the folder, or (``pushed``) the Hub repo id.
     """
     _, base_text = base_model_origin(p.base_model)
-    kind = "model (full fine-tune)" if p.recipe.get("method") == "full" else f"{p.method} adapter"
+    kind = "model (full fine-tune)" if p.full_fine_tune else f"{p.method} adapter"
     data = p.recipe.get("data", {})
     section = {k: v for k, v in p.recipe.items() if k in (p.recipe.get("method"), "train")}
     versions = ", ".join(f"{k} {v}" for k, v in p.versions.items())

@@ -244,4 +244,4 @@ def test_requirements_of_a_run_pin_the_environment_that_made_it(run, capsys, tmp
         assert pins[name] == f"=={version(name)}"
     assert "torch" not in pins and f"# torch=={version('torch')}: install it first" in text
     assert main(["freeze", str(tmp_path)]) == 2
-    assert f"{tmp_path}: not a run folder" in capsys.readouterr().err
+    assert f"{tmp_path} is not a finished peft-gpt2 run: no peft_gpt2.json" in capsys.readouterr().err
