@@ -92,6 +92,27 @@ def unscore(labels, starts: list[int], masks: list[list[int]] | None) -> None:
             labels[row, : len(masks[row])][torch.tensor(masks[row], device=labels.device) == 0] = -100
 
 
+def _score_batch(model, rows: list[list[int]], starts: list[int], masks: list[list[int]] | None, pad_token_id: int):
+    """One right-padded batch: each scored position's NLL and argmax hit, row-major, and how many per row."""
+    import torch
+    import torch.nn.functional as F
+
+    width = len(rows[0])  # the longest: rows come longest first
+    ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=model.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+    labels = ids.masked_fill(mask == 0, -100)
+    unscore(labels, starts, masks)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    logits = logits[:, logits.shape[1] - width :]  # prompt tuning prepends its virtual tokens' logits
+    labels = labels[:, 1:]
+    keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
+    scored = logits[:, :-1][keep].float()
+    targets = labels[keep]
+    losses = F.cross_entropy(scored, targets, reduction="none")
+    return losses, scored.argmax(-1) == targets, keep.sum(1).tolist()
+
+
 def token_loss(
     model: PreTrainedModel,
     rows: list[list[int]],
@@ -112,9 +133,6 @@ def token_loss(
         ``token_accuracy``, and ``nll_per_row``, ``tokens_per_row``, ``correct_per_row`` (the three sums per row,
         in input order; the totals are their sums).
     """
-    import torch
-    import torch.nn.functional as F
-
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     nll, tokens, correct = 0.0, 0, 0
     row_nll, row_tokens, row_correct = [0.0] * len(rows), [0] * len(rows), [0] * len(rows)
@@ -123,24 +141,13 @@ def token_loss(
     try:
         for begin in range(0, len(order), batch_size):
             idx = order[begin : begin + batch_size]
-            width = len(rows[idx[0]])
-            ids = torch.tensor([rows[i] + [pad_token_id] * (width - len(rows[i])) for i in idx], device=model.device)
-            mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in idx], device=model.device)
-            labels = ids.masked_fill(mask == 0, -100)
-            unscore(labels, [starts[i] for i in idx], [masks[i] for i in idx] if masks is not None else None)
-            with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=mask).logits
-            logits = logits[:, logits.shape[1] - width :]  # prompt tuning prepends its virtual tokens' logits
-            labels = labels[:, 1:]
-            keep = labels != -100  # upcast only the scored positions: full float32 logits can be gigabytes
-            scored = logits[:, :-1][keep].float()
-            targets = labels[keep]
-            losses = F.cross_entropy(scored, targets, reduction="none")
-            hits = scored.argmax(-1) == targets
+            batch_masks = [masks[i] for i in idx] if masks is not None else None
+            losses, hits, counts = _score_batch(
+                model, [rows[i] for i in idx], [starts[i] for i in idx], batch_masks, pad_token_id
+            )
             nll += losses.sum().item()
             correct += int(hits.sum())
-            tokens += int(keep.sum())
-            counts = keep.sum(1).tolist()  # scored positions per row, in row-major order as losses/hits are
+            tokens += sum(counts)
             for i, part_nll, part_hits, count in zip(
                 idx, losses.split(counts), hits.split(counts), counts, strict=True
             ):

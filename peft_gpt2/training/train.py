@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,34 +18,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peft_gpt2.config.preflight import check_new_output
-from peft_gpt2.config.recipe import Recipe, dump_recipe, recipe_dict
-from peft_gpt2.data.instructions import save_records
+from peft_gpt2.config.recipe import Recipe, dump_recipe
 from peft_gpt2.data.rows import TrainingRows
 from peft_gpt2.data.training_rows import training_rows
-from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.inference.scoring import completion_loss, token_loss
-from peft_gpt2.models.methods import method_label
 from peft_gpt2.run_folder import (
     RECIPE,
-    TEST_SPLIT,
-    TRAIN_LOG,
     Provenance,
     check_writable,
-    installed_versions,
-    main_versions,
-    publish_folder,
 )
 from peft_gpt2.training.before_after import BeforeAfter
 from peft_gpt2.training.checkpoints import (
     StopOnNonFinite,
     checkpoint_dir,
-    discard_checkpoints,
     remove_leftovers,
     resume_point,
 )
 from peft_gpt2.training.memory_estimate import peak_memory_mb, reset_peak_memory
-from peft_gpt2.training.model_card import write_extras
 from peft_gpt2.training.progress import TimeEstimate, above_the_bar, run_plan
+from peft_gpt2.training.save import describe, distributed_mode, method_of, parameter_counts, save_run
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -133,7 +121,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
 
     from peft_gpt2.config.architectures import check_targets
     from peft_gpt2.models.loading import load_tokenizer
-    from peft_gpt2.training.trainer import make_trainer, resolve_precision, trainer_args
+    from peft_gpt2.training.trainer import resolve_precision, trainer_args
 
     # 1. Everything a user can get wrong, before any model is loaded.
     ckpt = checkpoint_dir(recipe)
@@ -149,20 +137,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     say(f"data: {json.dumps(data.stats)} ({time.perf_counter() - start:.1f} s)", flush=True)
 
     # 2. Model and trainer.
-    start = time.perf_counter()
-    model = load_model(recipe)
-    trainer = make_trainer(recipe, model, tokenizer, args, data.train, data.validation)
-    trainer.add_callback(StopOnNonFinite(precision, ckpt))
-    if recipe.train["save_steps"]:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        (ckpt / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")
+    model, trainer = ready_trainer(recipe, tokenizer, args, data, precision, say)
     trainable, total = parameter_counts(trainer.model)
-    share = f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
-    ready = f"model and trainer ready in {time.perf_counter() - start:.1f} s"
-    say(f"method {method_of(recipe)}: {share}, precision {precision}; {ready}", flush=True)
-    for line in run_plan(trainer, recipe):  # steps, tokens per step, memory: before an hour is spent
-        say(line, flush=True)
-    trainer.add_callback(TimeEstimate(above_the_bar(), full=recipe.method == "full"))
 
     # 3. Train, with validation loss before and after.
     result, train_time, val_before, val_after = train_between_validations(
@@ -191,6 +167,28 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: bool = False) -> T
     return TrainRun(recipe.out_path, provenance, trainer.model.eval(), tokenizer)
 
 
+def ready_trainer(recipe: Recipe, tokenizer, args, data: TrainingRows, precision: str, say):
+    """The model and its trainer, with the nan/inf stop and the time estimate; says the plan before step 1."""
+    from peft_gpt2.training.trainer import make_trainer
+
+    start = time.perf_counter()
+    ckpt = checkpoint_dir(recipe)
+    model = load_model(recipe)
+    trainer = make_trainer(recipe, model, tokenizer, args, data.train, data.validation)
+    trainer.add_callback(StopOnNonFinite(precision, ckpt))
+    if recipe.train["save_steps"]:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")
+    trainable, total = parameter_counts(trainer.model)
+    share = f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.3f}%)"
+    ready = f"model and trainer ready in {time.perf_counter() - start:.1f} s"
+    say(f"method {method_of(recipe)}: {share}, precision {precision}; {ready}", flush=True)
+    for line in run_plan(trainer, recipe):  # steps, tokens per step, memory: before an hour is spent
+        say(line, flush=True)
+    trainer.add_callback(TimeEstimate(above_the_bar(), full=recipe.method == "full"))
+    return model, trainer
+
+
 def train_between_validations(
     trainer, recipe: Recipe, tokenizer, data: TrainingRows, resume_from: Path | None, say
 ) -> tuple:
@@ -215,18 +213,6 @@ def train_between_validations(
     return result, train_time, val_before, val_after
 
 
-def distributed_mode(trainer) -> str:
-    """accelerate's mode for this run; warns when an FSDP config silently became another mode.
-
-    accelerate turns FSDP on only for GPUs and other accelerators: with an FSDP config on CPU processes it trains
-    plain DDP and says nothing (accelerate 1.15, ``AcceleratorState.__init__``).
-    """
-    mode = trainer.accelerator.distributed_type.value
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and mode != "FSDP":
-        warnings.warn(f"the accelerate config asks for FSDP, but accelerate runs {mode} here", stacklevel=2)
-    return mode
-
-
 def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | None:
     """Refuse to replace an output or discard an unfinished run by accident, or to train a run that cannot be saved;
     the checkpoint to resume from."""
@@ -235,70 +221,3 @@ def check_output(recipe: Recipe, *, overwrite: bool, resume: bool) -> Path | Non
     resume_from = resume_point(recipe, resume=resume, overwrite=overwrite)
     remove_leftovers(recipe, keep_checkpoints=resume_from is not None)  # of a killed run; --overwrite
     return resume_from
-
-
-def parameter_counts(model) -> tuple[int, int]:
-    """Trainable and total parameters; PEFT's own count for an adapter (prompt encoders, packed 4-bit weights)."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        return model.get_nb_trainable_parameters()
-    return model.num_parameters(only_trainable=True), model.num_parameters()
-
-
-def method_of(recipe: Recipe) -> str:
-    return method_label(recipe.method, recipe.adapter, recipe.model.quantization)
-
-
-def describe(recipe: Recipe, model: PreTrainedModel, trainable: int, total: int) -> dict:
-    """The provenance fields known before training: what is trained, on which base, from which recipe."""
-    from peft_gpt2.models.loading import config_fingerprint
-
-    return dict(
-        name=recipe.name,
-        method=method_of(recipe),
-        base_model=recipe.model.name,
-        base_model_path=model.config._name_or_path or recipe.model.name,
-        base_config_fingerprint=config_fingerprint(model.config),
-        model_type=model.config.model_type,
-        template=recipe.data.template,
-        data_format=recipe.data.format,
-        trainable_parameters=trainable,
-        total_parameters=total,
-        recipe=recipe_dict(recipe),
-        versions=main_versions(),
-        installed=installed_versions(),
-    )
-
-
-def save_run(trainer, recipe: Recipe, tokenizer, test: list[dict], provenance: Provenance, *, overwrite: bool) -> None:
-    """Write the run folder beside ``recipe.out_path`` and rename it into place; drop the run's checkpoints.
-
-    PEFT folder (or full model), tokenizer, resolved recipe, test split, log, provenance, model card. Under torchrun /
-    accelerate launch every process calls ``save_model`` (FSDP gathers the sharded weights there); only the main
-    process writes and publishes, the others wait for it.
-    """
-    out = recipe.out_path
-    check_writable(out.parent)
-    work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=out.parent))
-    try:
-        stage = work / "out"
-        trainer.save_model(str(stage))
-        if trainer.is_world_process_zero():
-            if getattr(trainer, "initial_adapter", None):  # PiSSA: saved as plain LoRA over the original base
-                trainer.model.save_pretrained(stage, path_initial_model_for_weight_conversion=trainer.initial_adapter)
-            (stage / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved recipe says the same
-            tokenizer.save_pretrained(stage)
-            (stage / RECIPE).write_text(dump_recipe(recipe), encoding="utf-8")
-            if test:
-                save_records(test, stage / TEST_SPLIT)
-            (stage / TRAIN_LOG).write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-            provenance.write(stage)
-            write_extras(stage, trainer, provenance, str(out))  # model card, loss.png, TensorBoard runs/
-            try:
-                publish_folder(stage, out, overwrite=overwrite)  # a run that took the name meanwhile is not replaced
-            except PeftGpt2Error:  # it did: there is nothing to resume into, so leave no checkpoints behind either
-                discard_checkpoints(recipe)
-                raise
-            discard_checkpoints(recipe)  # the run is complete; its checkpoints are not needed
-        trainer.accelerator.wait_for_everyone()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
