@@ -48,7 +48,8 @@ def make_adapter(model_name: str, out: Path, seed: int) -> None:
 
 def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int = 3) -> float:
     """Greedy tokens/s for exactly ``new_tokens`` per row (eos switched off), median of ``repeats``."""
-    from peft_gpt2.inference.generation import GenerationSettings, generate
+    from peft_gpt2.inference.generation import generate
+    from peft_gpt2.inference.settings import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, stop=["\u0000never"], batch_size=len(prompts))
     eos = model.generation_config.eos_token_id
@@ -68,7 +69,7 @@ def tokens_per_s(model, tokenizer, prompts: list[str], new_tokens: int, repeats:
 def mixed_vs_serial(m, prompts: list[str], new_tokens: int) -> dict:
     """Seconds for the same requests (adapters a, b, base in turn) as one mixed batch, one call per adapter,
     and one call per request; and whether all three give the same answers."""
-    from peft_gpt2.inference.generation import GenerationSettings
+    from peft_gpt2.inference.settings import GenerationSettings
 
     names = [("a", "b", None)[i % 3] for i in range(len(prompts))]
     settings = GenerationSettings(max_new_tokens=new_tokens, batch_size=len(prompts))

@@ -25,7 +25,8 @@ from transformers import pipeline
 
 from peft_gpt2.data.templates import TEMPLATES
 from peft_gpt2.evaluation.evaluate import load_eval_records
-from peft_gpt2.inference.generation import GenerationSettings, cut_at_stop, generate
+from peft_gpt2.inference.generation import cut_at_stop, generate
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models.loading import load_base
 
 

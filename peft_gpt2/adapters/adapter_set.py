@@ -24,7 +24,8 @@ from peft_gpt2.adapters.folder import attach, base_of, check_name, folder_kind
 from peft_gpt2.adapters.merge import merge_adapter
 from peft_gpt2.data.templates import TEMPLATES, Template, get_template
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.inference.generation import Completion, GenerationSettings, generate
+from peft_gpt2.inference.generation import Completion, generate
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models.methods import check_one_method, drop_routing_hooks, mixes_rows
 from peft_gpt2.run_folder import Provenance
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.adapters.chat_prompts import fit_history
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 
 HELP = """\
 Type a message and press Enter; the conversation so far goes with it. Commands:

@@ -152,7 +152,7 @@ def run_pipeline(path: str | Path, *, rerun: list[str] | tuple[str, ...] = ()) -
 
 def decoding(spec: dict):
     """A compare stage's ``GenerationSettings``: ``generation`` keys, ``max_new_tokens`` (default 64)."""
-    from peft_gpt2.inference.generation import GenerationSettings
+    from peft_gpt2.inference.settings import GenerationSettings
 
     return GenerationSettings(**{"max_new_tokens": spec.get("max_new_tokens", 64), **(spec.get("generation") or {})})
 
@@ -163,7 +163,7 @@ def _compare(spec: dict) -> None:
     import time
 
     from peft_gpt2.evaluation.compare import compare
-    from peft_gpt2.inference.generation import describe_decoding
+    from peft_gpt2.inference.settings import describe_decoding
     from peft_gpt2.reporting.reports import terminal_table, write_report
 
     settings = decoding(spec)

@@ -25,7 +25,7 @@ from peft_gpt2.data.config import INSTRUCTION_KEYS, DataConfig
 from peft_gpt2.data.sources import bounded, load_yaml, unreadable
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.errors import check_key as _check
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models.loading import QUANTIZATIONS
 from peft_gpt2.models.methods import CONFIGS
 

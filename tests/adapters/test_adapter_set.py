@@ -15,7 +15,7 @@ from peft_gpt2.adapters.adapter_set import AdapterSet, check_name
 from peft_gpt2.adapters.folder import attach, folder_kind
 from peft_gpt2.adapters.merge import merge_adapter
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models import loading as models
 from peft_gpt2.run_folder import Provenance
 

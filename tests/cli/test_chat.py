@@ -10,7 +10,8 @@ from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.cli import chat
 from peft_gpt2.cli.chat import chat_main, run_chat
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.inference.generation import Completion, GenerationSettings
+from peft_gpt2.inference.generation import Completion
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models.loading import config_fingerprint
 from peft_gpt2.run_folder import Provenance
 

@@ -96,7 +96,7 @@ def test_a_hub_data_set_keeps_its_own_splits(tmp_path, gpt2_tokenizer, monkeypat
 @pytest.mark.slow
 def test_compare_scores_a_data_to_text_test_split_against_every_reference(tmp_path):
     from peft_gpt2.evaluation.compare import compare
-    from peft_gpt2.inference.generation import GenerationSettings
+    from peft_gpt2.inference.settings import GenerationSettings
     from peft_gpt2.reporting.reports import terminal_table
     from peft_gpt2.training.train import train
 
@@ -117,7 +117,7 @@ def test_compare_scores_a_data_to_text_test_split_against_every_reference(tmp_pa
 
 
 def test_decoding_resolves_flags_over_the_runs_recorded_settings():
-    from peft_gpt2.inference.generation import resolve_settings
+    from peft_gpt2.inference.settings import resolve_settings
 
     beams = {"num_beams": 10, "length_penalty": 0.8, "no_repeat_ngram_size": 4, "max_new_tokens": 64}
     assert resolve_settings({}, [None]).num_beams == 1  # nothing recorded: the defaults

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.inference.generation import GenerationSettings, StopText, generate
+from peft_gpt2.inference.generation import StopText, generate
+from peft_gpt2.inference.settings import GenerationSettings
 
 PROMPTS = [  # clearly different lengths, not in length order
     "A b c d e f g",

@@ -20,7 +20,7 @@ from peft_gpt2.adapters.merge import merge_adapter
 from peft_gpt2.config.recipe import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.compare import compare
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models import loading as models
 from peft_gpt2.models.methods import adapter_config, drop_routing_hooks
 from peft_gpt2.serving.batching import Job
