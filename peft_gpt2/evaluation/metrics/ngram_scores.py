@@ -157,3 +157,10 @@ def nist_length_penalty(ratio: float) -> float:
         return 0.0
     beta = -math.log(0.5) / math.log(1.5) ** 2
     return math.exp(-beta * math.log(ratio) ** 2)
+
+
+def corpus_nist(sums: Sequence[float]) -> float:
+    """NIST-5 from per-item NIST statistics (`nist_rows`) summed over a set or a resample of it."""
+    precision = sum(sums[k] / max(sums[NIST_ORDER + k], 1.0) for k in range(NIST_ORDER))
+    ratio = sums[NIST_ORDER] / sums[2 * NIST_ORDER] if sums[2 * NIST_ORDER] else math.inf
+    return float(precision * nist_length_penalty(ratio))

@@ -2,17 +2,16 @@
 
 Shipped inside the package so `evaluate.load` never has to reach the Hub; the arithmetic follows the
 official SQuAD v2.0 evaluation script (normalization, multiset token overlap, empty-answer rule), with one
-reference per item and scores on a 0..1 scale rather than the script's percentages.
+reference per item and scores on a 0..1 scale rather than the script's percentages. It is evaluation's own
+per-item arithmetic (`peft_gpt2.evaluation.metrics.per_item.score_item`), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
-
 import datasets
 import evaluate
+
+from peft_gpt2.evaluation.metrics.per_item import score_item
 
 _CITATION = """\
 @inproceedings{rajpurkar-etal-2018-know,
@@ -51,31 +50,6 @@ Examples:
     >>> metric.compute(predictions=["It was Irene Adler."], references=["Irene Adler"])["recall"]
     1.0
 """
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, delete punctuation, drop articles and collapse whitespace, in the SQuAD script's order."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def score_item(prediction: str, reference: str) -> tuple[float, float, float, float]:
-    """Return `(precision, recall, f1, exact_match)` of one generated answer against one reference."""
-    pred_tokens = normalize_answer(prediction).split()
-    ref_tokens = normalize_answer(reference).split()
-    exact = float(pred_tokens == ref_tokens)
-    if not pred_tokens or not ref_tokens:
-        return exact, exact, exact, exact
-    num_same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
-    if num_same == 0:
-        return 0.0, 0.0, 0.0, exact
-    precision = num_same / len(pred_tokens)
-    recall = num_same / len(ref_tokens)
-    return precision, recall, 2 * precision * recall / (precision + recall), exact
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
