@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from peft_gpt2.inference.generation import Completion, GenerationSettings
+from peft_gpt2.inference.generation import Completion
+from peft_gpt2.inference.settings import GenerationSettings
 
 if TYPE_CHECKING:
     from peft_gpt2.adapters.adapter_set import AdapterSet
+    from peft_gpt2.serving.adapter_ref import AdapterRef
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Job:
     """
 
     prompts: list[str] | list[list[int]]
-    adapter: str | None
+    adapter: AdapterRef  # resolved once, at admission
     settings: GenerationSettings
     key: tuple  # requests with equal keys may share a generate call
     limit: int  # prompt tokens allowed
@@ -200,7 +202,7 @@ class Engine:
         if not jobs:
             return
         prompts = [p for j in jobs for p in j.prompts]
-        rows = [j.adapter for j in jobs for _ in j.prompts]
+        rows = [j.adapter.name for j in jobs for _ in j.prompts]
         try:
             settings = replace(jobs[0].settings, batch_size=len(prompts))
             done = self.set.generate(prompts, adapters=rows, settings=settings, raw=True)

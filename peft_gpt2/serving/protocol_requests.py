@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from peft_gpt2.inference.generation import MAX_SEED, MIN_TEMPERATURE
+from peft_gpt2.inference.settings import MAX_SEED, MIN_TEMPERATURE
 
 MAX_STOP = 4  # stop strings per request, as OpenAI
 MAX_STOP_CHARS = 64  # per stop string: generation decodes its UTF-8 bytes (+1) newest tokens of each row per step

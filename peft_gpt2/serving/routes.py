@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict
 from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.adapters.chat_prompts import chat_prompt, check_messages
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.inference.generation import MIN_TEMPERATURE, Completion, GenerationSettings
+from peft_gpt2.inference.generation import Completion
+from peft_gpt2.inference.settings import MIN_TEMPERATURE, GenerationSettings
 from peft_gpt2.serving import protocol_responses as wire
+from peft_gpt2.serving.adapter_ref import AdapterRef
 from peft_gpt2.serving.batching import ApiError, Engine, Job
 from peft_gpt2.serving.metrics import ServerMetrics
 from peft_gpt2.serving.protocol_requests import ChatRequest, CompletionRequest, Sampling, Text
@@ -47,19 +49,10 @@ class Served:
 
     @property
     def names(self) -> list[str]:
-        return [self.base_name, *(n for n in self.adapter_set.names if n not in self.engine.retiring)]
+        return self.runtime.names
 
-    def adapter(self, model: str) -> str | None:
-        """The adapter ``model`` names (``None``: the base); 404 for a name not served (a name, never a path)."""
-        if model not in self.names:
-            message = f"model {model!r} not found; available: {', '.join(self.names)}"
-            raise ApiError(404, message, "model", "model_not_found")
-        self.runtime.used(model)
-        return None if model == self.base_name else model
-
-    def job(self, body: Sampling, prompts: list, max_tokens: int, stop: list[str], **kw) -> Job:
+    def job(self, body: Sampling, adapter: AdapterRef, prompts: list, max_tokens: int, stop: list[str], **kw) -> Job:
         """A job for the engine; greedy below ``MIN_TEMPERATURE`` (sampling there overflows into NaN), as vLLM."""
-        adapter = self.adapter(body.model)
         if max_tokens > self.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} must be between 1 and {self.max_tokens}", "max_tokens")
         if not 1 <= len(prompts) <= self.max_batch:
@@ -81,7 +74,8 @@ class Served:
         fancy = body.echo or body.logprobs is not None or (prompts and not isinstance(prompts[0], str))
         if fancy and self.engine.mode != "step":
             raise ApiError(400, "echo, logprobs and token-id prompts need the server's default mode, step", "prompt")
-        if fancy and self.engine.is_whole(self.adapter(body.model)):
+        adapter = self.runtime.resolve(body.model)
+        if fancy and adapter.whole:
             message = f"{body.model!r} is a prompt-learning adapter, generated whole: no echo, logprobs or token ids"
             raise ApiError(400, message, "model")
         if prompts and not isinstance(prompts[0], str):
@@ -89,13 +83,14 @@ class Served:
             if any(t >= vocab for ids in prompts for t in ids):
                 raise ApiError(400, f"a token id is outside the model's vocabulary of {vocab}", "prompt")
         elif body.template:
-            template = self.adapter_set.template_for(self.adapter(body.model))
+            template = self.adapter_set.template_for(adapter.name)
             prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
-        return self.job(body, prompts, body.max_tokens, stop, echo=body.echo, logprobs=body.logprobs)
+        return self.job(body, adapter, prompts, body.max_tokens, stop, echo=body.echo, logprobs=body.logprobs)
 
     def chat_job(self, body: ChatRequest) -> Job:
+        adapter = self.runtime.resolve(body.model)
         try:
-            rendered = chat_prompt(self.adapter_set, self.adapter(body.model), check_messages(body.messages))
+            rendered = chat_prompt(self.adapter_set, adapter.name, check_messages(body.messages))
         except PeftGpt2Error as err:
             raise ApiError(400, str(err), "messages") from None
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -103,7 +98,7 @@ class Served:
             raise ApiError(400, "logprobs need the server's default mode, step", "logprobs")
         stop = [*body.stop, *(s for s in rendered.stop if s not in body.stop)]
         ends = rendered.stop_token_ids
-        return self.job(body, [rendered.text], body.tokens, stop, stop_token_ids=ends, logprobs=logprobs)
+        return self.job(body, adapter, [rendered.text], body.tokens, stop, stop_token_ids=ends, logprobs=logprobs)
 
     async def run(self, job: Job, stream: asyncio.Queue | None = None) -> list[Completion]:
         """Submit ``job`` and wait for its answer; a request abandoned meanwhile cancels its job."""

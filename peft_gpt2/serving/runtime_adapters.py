@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.adapters.folder import check_name
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.serving.adapter_ref import AdapterRef
 from peft_gpt2.serving.batching import ApiError
 
 if TYPE_CHECKING:
@@ -41,10 +42,20 @@ class RuntimeAdapters:
     def enabled(self) -> bool:
         return bool(self.roots)
 
-    def used(self, name: str | None) -> None:
-        """Note a request for ``name``: the least recently used is unloaded first."""
-        if name in self.loaded:
-            self.loaded.move_to_end(name)
+    @property
+    def names(self) -> list[str]:
+        """The models served: the base's name, then each adapter's (not those being unloaded)."""
+        return [self.base_name, *(n for n in self.set.names if n not in self.engine.retiring)]
+
+    def resolve(self, model: str) -> AdapterRef:
+        """The adapter a request's ``model`` names, once per request; 404 for a name not served (a name, never a
+        path). Notes the use: the least recently used adapter is unloaded first."""
+        if model not in self.names:
+            message = f"model {model!r} not found; available: {', '.join(self.names)}"
+            raise ApiError(404, message, "model", "model_not_found")
+        if model in self.loaded:
+            self.loaded.move_to_end(model)
+        return AdapterRef.of(self.set, None if model == self.base_name else model)
 
     def allowed(self, path: str) -> Path:
         """``path`` resolved, if inside an allowed folder; else a 400 that does not say what exists on disk."""

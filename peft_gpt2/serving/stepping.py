@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from peft_gpt2.inference.generation import TokenLogprob, end_ids
-from peft_gpt2.models.methods import mixes_rows
+from peft_gpt2.serving.adapter_ref import AdapterRef
 from peft_gpt2.serving.batching import ApiError, Engine, Job, shutting_down
 from peft_gpt2.serving.decode_rows import Row
 from peft_gpt2.serving.kv_cache import Batch
@@ -94,42 +94,32 @@ class StepEngine(Engine):
             waiting.append(job)
             block = block and sum(len(j.prompts) for j in waiting) < self.max_batch
 
-    def group(self, adapter: str | None) -> str | None:
-        """Rows that may share a step: ``None`` for the base and per-row-routable adapters, else the adapter."""
-        config = self.set.model.peft_config.get(adapter) if adapter else None
-        return None if config is None or mixes_rows(config) else adapter
-
     def _admit(self, waiting: deque[Job], rows: list[Row]) -> list[Job]:
         """Take waiting jobs in arrival order while they share the running rows' group and fit in ``max_batch``.
 
         A job that does not is left at the head of the line, so the batch drains until it fits: nobody starves.
         """
-        group = self.group(rows[0].job.adapter) if rows else None
+        group = rows[0].job.adapter.group if rows else None
         free, taken = self.max_batch - len(rows), []
         while waiting:
-            job = waiting[0]
-            if job.adapter is not None and (job.adapter in self.retiring or job.adapter not in self.set.names):
+            job, ref = waiting[0], waiting[0].adapter
+            if ref.name is not None and (ref.name in self.retiring or ref.name not in self.set.names):
                 waiting.popleft()
                 if job.future.set_running_or_notify_cancel():
-                    job.future.set_exception(ApiError(404, f"adapter {job.adapter!r} was unloaded", "model"))
+                    job.future.set_exception(ApiError(404, f"adapter {ref.name!r} was unloaded", "model"))
                 continue
             busy = bool(rows or taken)
-            if busy and (self.group(job.adapter) != group or len(job.prompts) > free or self.is_whole(job.adapter)):
+            if busy and (ref.group != group or len(job.prompts) > free or ref.whole):
                 break
             waiting.popleft()
-            if self.is_whole(job.adapter):
+            if ref.whole:
                 with self.set.lock:
                     self.run([job])  # ``Engine.run``: one generate call, as in batch mode
                 continue
             if job.future.set_running_or_notify_cancel():  # else abandoned while it waited
-                group, free = self.group(job.adapter), free - len(job.prompts)
+                group, free = ref.group, free - len(job.prompts)
                 taken.append(job)
         return taken
-
-    def is_whole(self, adapter: str | None) -> bool:
-        """Whether ``adapter``'s rows are generated whole (prompt learning: ``generate`` adds its virtual tokens)."""
-        config = self.set.model.peft_config.get(adapter) if adapter else None
-        return bool(config is not None and config.is_prompt_learning)
 
     def _prefill(self, jobs: list[Job]) -> list[tuple[list[Row], Batch]]:
         """Tokenize and prefill ``jobs``: together, or each alone if that fails (so a bad one fails alone). Echo
@@ -184,7 +174,7 @@ class StepEngine(Engine):
         import torch
 
         device = self.set.model.device
-        with torch.inference_mode(), self.set.routed([r.job.adapter for r in rows]) as extra:
+        with torch.inference_mode(), self.set.routed([r.job.adapter.name for r in rows]) as extra:
             out = self.set.model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -264,14 +254,14 @@ class StepEngine(Engine):
                 job.future.set_exception(err)
 
     def _free_retired(self, rows: list[Row]) -> None:
-        busy = {r.job.adapter for r in rows}
+        busy = {r.job.adapter.name for r in rows}
         for name in [n for n in self.retiring if n not in busy]:
             if name in self.set.names:
                 self.set.unload(name)
             self.retiring.discard(name)
 
 
-_WAKE = Job([], None, None, (), 0)  # type: ignore[arg-type]  # put in the queue to wake an idle loop
+_WAKE = Job([], AdapterRef(), None, (), 0)  # type: ignore[arg-type]  # put in the queue to wake an idle loop
 
 
 def _token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:

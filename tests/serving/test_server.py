@@ -16,7 +16,8 @@ from conftest import serving, train_toy_adapter
 from openai import OpenAI
 
 from peft_gpt2.adapters.adapter_set import AdapterSet
-from peft_gpt2.inference.generation import Completion, GenerationSettings
+from peft_gpt2.inference.generation import Completion
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.serving import app as server_module
 from peft_gpt2.serving.app import create_app
 
@@ -354,10 +355,12 @@ def test_the_largest_values_accepted_work(http):
 
 def test_a_prompt_the_tokenizer_cannot_take_fails_alone(adapter_set, expected):
     """Past validation (a caller of the engine, or text validation misses): its batch-mates get their answers."""
+    from peft_gpt2.serving.adapter_ref import AdapterRef
     from peft_gpt2.serving.batching import ApiError, Engine, Job
 
     engine = Engine(adapter_set, "lock", 16, 0, 8)  # lock mode: no worker thread; run() is called here
-    jobs = [Job([p], "A", GREEDY, ("k",), 1000) for p in (PROMPTS[0], "lone \ud800", PROMPTS[1])]
+    a = AdapterRef.of(adapter_set, "A")
+    jobs = [Job([p], a, GREEDY, ("k",), 1000) for p in (PROMPTS[0], "lone \ud800", PROMPTS[1])]
     engine.run(jobs)
     assert [c.text for c in jobs[0].future.result(0)] == [expected["A", PROMPTS[0]].text]
     assert [c.text for c in jobs[2].future.result(0)] == [expected["A", PROMPTS[1]].text]

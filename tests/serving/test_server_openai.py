@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.adapters.chat_prompts import chat_prompt
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.serving.app import create_app
 
 PROMPT = "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n"

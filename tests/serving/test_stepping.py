@@ -12,7 +12,8 @@ import torch
 from conftest import train_toy_adapter
 
 from peft_gpt2.adapters.adapter_set import AdapterSet
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
+from peft_gpt2.serving.adapter_ref import AdapterRef
 from peft_gpt2.serving.batching import ApiError, Job
 from peft_gpt2.serving.stepping import StepEngine
 
@@ -31,8 +32,9 @@ def adapter_set(tmp_path_factory) -> AdapterSet:
     return AdapterSet.from_paths("tiny-gpt2", paths)
 
 
-def job(prompts, adapter, settings, **kw) -> Job:
-    return Job(list(prompts), adapter, settings, (), 1000, **kw)
+def job(adapter_set, prompts, adapter, settings, **kw) -> Job:
+    """A job for ``adapter`` (a name, resolved here as the server's routes resolve it)."""
+    return Job(list(prompts), AdapterRef.of(adapter_set, adapter), settings, (), 1000, **kw)
 
 
 def test_rows_joining_and_leaving_answer_as_they_would_alone(adapter_set):
@@ -45,7 +47,7 @@ def test_rows_joining_and_leaving_answer_as_they_would_alone(adapter_set):
         jobs = []
         for k, (adapter, prompt, tokens) in enumerate(cases):
             settings = GenerationSettings(max_new_tokens=tokens, stop=["###"] if k % 3 else [])
-            jobs.append(job([prompt], adapter, settings))
+            jobs.append(job(adapter_set, [prompt], adapter, settings))
             engine.submit(jobs[-1])
             if k % 5 == 0:
                 time.sleep(0.01)  # let a few steps run, so later jobs join a running batch
@@ -61,7 +63,7 @@ def test_echo_logprobs_are_the_models_own_log_softmax(adapter_set):
     ids = adapter_set.tokenizer(PROMPTS[0])["input_ids"]
     engine = StepEngine(adapter_set, max_batch=4, wait_s=0.001, max_queue=8)
     try:
-        scored = job([ids], "A", GenerationSettings(max_new_tokens=2, stop=[]), echo=True, logprobs=3)
+        scored = job(adapter_set, [ids], "A", GenerationSettings(max_new_tokens=2, stop=[]), echo=True, logprobs=3)
         engine.submit(scored)
         answer = scored.future.result(timeout=60)[0]
     finally:
@@ -82,11 +84,12 @@ def test_streamed_text_adds_up_to_the_answer_and_a_cancelled_row_leaves(adapter_
     try:
         pieces: list[str] = []
         settings = GenerationSettings(max_new_tokens=24, stop=["###", "e"])
-        streamed = job([PROMPTS[2]], "B", settings, on_text=lambda i, text: pieces.append(text))
+        streamed = job(adapter_set, [PROMPTS[2]], "B", settings, on_text=lambda i, text: pieces.append(text))
         engine.submit(streamed)
         answer = streamed.future.result(timeout=60)[0]
         assert answer.text.startswith("".join(pieces))
-        long = job([PROMPTS[3]], None, replace(settings, max_new_tokens=500, stop=[]), on_text=lambda i, t: None)
+        endless = replace(settings, max_new_tokens=500, stop=[])
+        long = job(adapter_set, [PROMPTS[3]], None, endless, on_text=lambda i, t: None)
         engine.submit(long)
         while long.first_token_at is None:
             time.sleep(0.005)
@@ -100,8 +103,8 @@ def test_streamed_text_adds_up_to_the_answer_and_a_cancelled_row_leaves(adapter_
 def test_retired_adapter_queued_requests_get_404(adapter_set):
     engine = StepEngine(adapter_set, max_batch=1, wait_s=0.001, max_queue=8)
     try:
-        first = job([PROMPTS[3]], "B", GenerationSettings(max_new_tokens=40, stop=[]))
-        queued = job([PROMPTS[0]], "B", GenerationSettings(max_new_tokens=4, stop=[]))
+        first = job(adapter_set, [PROMPTS[3]], "B", GenerationSettings(max_new_tokens=40, stop=[]))
+        queued = job(adapter_set, [PROMPTS[0]], "B", GenerationSettings(max_new_tokens=4, stop=[]))
         engine.submit(first)
         while first.first_token_at is None:
             time.sleep(0.002)
@@ -134,7 +137,7 @@ def test_methods_peft_cannot_route_per_row_step_in_their_own_batches(tmp_path, t
     settings = GenerationSettings(max_new_tokens=6, stop=[])
     cases = [(a, p) for a in ("a", "b", None) for p in PROMPTS[:2]]
     try:
-        jobs = [job([p], a, settings) for a, p in cases]
+        jobs = [job(m, [p], a, settings) for a, p in cases]
         for j in jobs:
             engine.submit(j)
         got = [j.future.result(timeout=120)[0] for j in jobs]
