@@ -119,6 +119,21 @@ class Provenance:
                 raise PeftGpt2Error(f"{file}: {key} must be {wanted}, got {value!r:.60}")
         return cls(**record)
 
+    def combination(self, name: str, weights: dict[str, float], combination_type: str) -> Provenance:
+        """The record of ``name``, a weighted combination of adapters of which this is the first's record: the same
+        base and template, and what was combined how."""
+        return Provenance(
+            name=name,
+            method="lora-combined",
+            base_model=self.base_model,
+            base_model_path=self.base_model_path,
+            base_config_fingerprint=self.base_config_fingerprint,
+            model_type=self.model_type,
+            template=self.template,
+            combined_from=dict(weights),
+            combination_type=combination_type,
+        )
+
     @property
     def full_fine_tune(self) -> bool:
         """Whether the run trained every weight (its folder is a model, not an adapter)."""

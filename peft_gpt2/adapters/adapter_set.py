@@ -222,18 +222,7 @@ class AdapterSet:
                 raise PeftGpt2Error(f"cannot combine {list(weights)} with {kind!r}: {err}") from None
             self._refreeze()
             self.model.eval()  # PEFT injects the new adapter's dropout modules in training mode
-            first = self._info[next(iter(weights))].provenance
-            provenance = Provenance(
-                name=name,
-                method="lora-combined",
-                base_model=first.base_model,
-                base_model_path=first.base_model_path,
-                base_config_fingerprint=first.base_config_fingerprint,
-                model_type=first.model_type,
-                template=first.template,
-                combined_from=dict(weights),
-                combination_type=kind,
-            )
+            provenance = self._info[next(iter(weights))].provenance.combination(name, weights, kind)
             self._info[name] = AdapterInfo(None, provenance)
             return kind
 
