@@ -7,7 +7,9 @@ closest match.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import typing
 
 from peft_gpt2.errors import PeftGpt2Error
 
@@ -32,33 +34,25 @@ def _add_trust_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="accept .bin (pickle) weights you trust")
 
 
-GENERATION_FLAGS = (
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "num_beams",
-    "length_penalty",
-    "no_repeat_ngram_size",
-    "batch_size",
-    "seed",
-)
+def generation_flags() -> dict[str, tuple[type, str]]:
+    """``GenerationSettings``' fields that are flags: ``{name: (type, help)}``, from the fields' own metadata."""
+    from peft_gpt2.inference.settings import GenerationSettings
+
+    hints = typing.get_type_hints(GenerationSettings)
+    out = {}
+    for f in dataclasses.fields(GenerationSettings):
+        if "help" in f.metadata:
+            kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+            shown = f.default is None or f.metadata.get("hide_default")
+            out[f.name] = (kind, f.metadata["help"] + ("" if shown else f"; default {f.default}"))
+    return out
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.description = "unset flags: the run's recorded generation section, else these defaults"
-    g.add_argument("--max-new-tokens", type=int, help="default 128")
-    g.add_argument("--temperature", type=float, help="0 = greedy (default); > 0 samples")
-    g.add_argument("--top-k", type=int, help="default 50")
-    g.add_argument("--top-p", type=float, help="default 1.0")
-    g.add_argument("--repetition-penalty", type=float, help="default 1.0")
-    g.add_argument("--num-beams", type=int, help="> 1: beam search (the LoRA paper's E2E: 10); default 1")
-    g.add_argument("--length-penalty", type=float, help="beam score / length**this (paper: 0.8); default 1.0")
-    g.add_argument("--no-repeat-ngram-size", type=int, help="forbid repeated n-grams (paper: 4); default 0")
-    g.add_argument("--batch-size", type=int, help="prompts per generate call; default 64")
-    g.add_argument("--seed", type=int, help="seed for sampling")
+    for name, (kind, text) in generation_flags().items():
+        g.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
 
 
 def unknown_command(argv: list[str], commands: list[str]) -> str | None:

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from peft_gpt2.cli.flags import GENERATION_FLAGS, _add_generation_args, _add_trust_args, named_adapters, unknown_command
+from peft_gpt2.cli.flags import _add_generation_args, _add_trust_args, generation_flags, named_adapters, unknown_command
 from peft_gpt2.cli.quiet import quiet_libraries
 from peft_gpt2.errors import PeftGpt2Error, os_error
 from peft_gpt2.training.hub import add_push_command
@@ -44,10 +44,10 @@ def _train(args: argparse.Namespace) -> None:
 
 def _settings(args: argparse.Namespace, folders: list[str] | tuple[str, ...] = ()):
     """Decoding: the flags given, over the runs' recorded ``generation`` section, over the defaults."""
-    from peft_gpt2.inference.generation import resolve_settings
+    from peft_gpt2.inference.settings import resolve_settings
     from peft_gpt2.run_folder import Provenance
 
-    given = {k: v for k, v in vars(args).items() if k in GENERATION_FLAGS and v is not None}
+    given = {k: v for k, v in vars(args).items() if k in generation_flags() and v is not None}
     return resolve_settings(given, [Provenance.read(f).generation for f in folders])
 
 
@@ -102,7 +102,7 @@ def _compare(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from peft_gpt2.evaluation.compare import compare
-    from peft_gpt2.inference.generation import describe_decoding
+    from peft_gpt2.inference.settings import describe_decoding
     from peft_gpt2.reporting.reports import terminal_table, write_report
 
     settings = _settings(args, args.runs)

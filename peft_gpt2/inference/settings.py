@@ -51,18 +51,21 @@ class GenerationSettings:
             special tokens.
     """
 
-    max_new_tokens: int = 128
+    # ``help``: the flag of eval, compare and chat (``--max-new-tokens``), written once here (cli/flags.py)
+    max_new_tokens: int = field(default=128, metadata={"help": "tokens to generate at most"})
     do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    temperature: float = field(
+        default=1.0, metadata={"help": "0 = greedy (the default); > 0 samples", "hide_default": True}
+    )
+    top_k: int = field(default=50, metadata={"help": "sample from the k likeliest tokens (0: all)"})
+    top_p: float = field(default=1.0, metadata={"help": "sample from the smallest set this likely"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeats"})
     stop: list[str] = field(default_factory=lambda: ["### "])
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    batch_size: int = 64
-    seed: int | None = None
+    num_beams: int = field(default=1, metadata={"help": "> 1: beam search (the LoRA paper's E2E: 10)"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam score / length**this (paper: 0.8)"})
+    no_repeat_ngram_size: int = field(default=0, metadata={"help": "forbid repeated n-grams (paper: 4)"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per generate call"})
+    seed: int | None = field(default=None, metadata={"help": "seed for sampling"})
     stop_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
