@@ -50,8 +50,6 @@ from typing import Literal
 from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.models.loading import max_positions
-from peft_gpt2.serving.batching import ApiError, Engine
-from peft_gpt2.serving.stepping import StepEngine
 
 try:
     from fastapi import FastAPI, Request
@@ -59,10 +57,12 @@ try:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
+    from peft_gpt2.serving.batching import ApiError, Engine  # the engine's metrics need prometheus-client
     from peft_gpt2.serving.metrics import ServerMetrics
     from peft_gpt2.serving.protocol_requests import VALUE_ERRORS  # pydantic, which comes with FastAPI
     from peft_gpt2.serving.routes import Served, router
     from peft_gpt2.serving.runtime_adapters import RuntimeAdapters
+    from peft_gpt2.serving.stepping import StepEngine
 except ImportError as err:  # the CLI prints this instead of a traceback
     raise PeftGpt2Error(
         f"serving needs FastAPI, uvicorn and prometheus-client: pip install 'peft-gpt2[serve]' ({err})"
@@ -189,12 +189,13 @@ def create_app(
             raise PeftGpt2Error(f"adapter_dirs: {folder} is not a folder")
     positions = max_positions(adapter_set.model.config) or 2**31
     wait = batch_wait_ms / 1000
-    engine = StepEngine(adapter_set, max_batch, wait, max_queue) if mode == "step" else Engine(
-        adapter_set, mode, max_batch, wait, max_queue
-    )
-    runtime = RuntimeAdapters(adapter_set, engine, [Path(d) for d in adapter_dirs or []], max_loras, base_name)
+    # the gauges read the engine at scrape time, so the metrics come first and the engine gets them to record into
     metrics = ServerMetrics(lambda: engine.queued, lambda: engine.running, lambda: len(adapter_set.names))
-    engine.metrics = runtime.metrics = metrics
+    engine = StepEngine(adapter_set, max_batch, wait, max_queue, metrics) if mode == "step" else Engine(
+        adapter_set, mode, max_batch, wait, max_queue, metrics
+    )
+    dirs = [Path(d) for d in adapter_dirs or []]
+    runtime = RuntimeAdapters(adapter_set, engine, dirs, max_loras, base_name, metrics)
     limit = min(max_new_tokens_limit, positions - 1)
     app = FastAPI(title="peft-gpt2", lifespan=_lifespan)
     app.state.max_body_bytes = max_body_bytes

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 
 from peft_gpt2.inference.generation import Completion
 from peft_gpt2.inference.settings import GenerationSettings
+from peft_gpt2.serving.metrics import NO_METRICS
 
 if TYPE_CHECKING:
     from peft_gpt2.adapters.adapter_set import AdapterSet
     from peft_gpt2.serving.adapter_ref import AdapterRef
+    from peft_gpt2.serving.metrics import ServerMetrics
 
 
 @dataclass
@@ -82,15 +84,22 @@ class Job:
 class Engine:
     """Runs jobs on the adapter set: batched by one worker thread, or each alone; bounded by ``max_queue``."""
 
-    def __init__(self, adapter_set: AdapterSet, mode: str, max_batch: int, wait_s: float, max_queue: int) -> None:
-        self.set, self.mode, self.max_queue = adapter_set, mode, max_queue
+    def __init__(
+        self,
+        adapter_set: AdapterSet,
+        mode: str,
+        max_batch: int,
+        wait_s: float,
+        max_queue: int,
+        metrics: ServerMetrics = NO_METRICS,
+    ) -> None:
+        self.set, self.mode, self.max_queue, self.metrics = adapter_set, mode, max_queue, metrics
         self.max_batch, self.wait_s = max_batch, wait_s
         self.slots = threading.BoundedSemaphore(max_queue)  # taken on admission, given back once answered
         self.queue: queue.Queue[Job | None] = queue.Queue(max_queue)
         self.closed = False
         self.running = 0  # rows decoding now (the step engine's; whole-generate modes report 0)
         self.retiring: set[str] = set()  # adapters being unloaded (the step engine's: no new rows for them)
-        self.metrics = None  # a ``serving_metrics.ServerMetrics``, set by the server
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "peft-gpt2-lock") if mode == "lock" else None
         if mode != "lock":
             threading.Thread(target=self._loop, name="peft-gpt2-batcher", daemon=True).start()

@@ -4,7 +4,9 @@ prometheus_client: it calls one method per event and serves ``render()`` at ``GE
     curl -s localhost:8000/metrics | grep peft_gpt2_
 
 Each instance owns its registry (tests build many apps in one process). Throughput is a PromQL ``rate()`` of the token
-counters, e.g. ``rate(peft_gpt2_generation_tokens_total[1m])`` is generated tokens per second by model.
+counters, e.g. ``rate(peft_gpt2_generation_tokens_total[1m])`` is generated tokens per second by model. The engine and
+the adapter loader get their metrics in their constructors: ``NO_METRICS`` where none are wanted (tests, benchmarks),
+so no use site checks for ``None``.
 """
 
 from __future__ import annotations
@@ -121,3 +123,25 @@ class ServerMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and the content type to serve it with."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class NoMetrics:
+    """``ServerMetrics``' events, recording nothing: for an engine or adapter loader that serves no ``/metrics``."""
+
+    def request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        pass
+
+    def first_token(self, model: str, seconds: float) -> None:
+        pass
+
+    def finished(self, model: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
+        pass
+
+    def step(self, rows: int) -> None:
+        pass
+
+    def adapter_event(self, event: str) -> None:
+        pass
+
+
+NO_METRICS = NoMetrics()

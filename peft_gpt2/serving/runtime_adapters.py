@@ -20,9 +20,11 @@ from peft_gpt2.adapters.folder import check_name
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.serving.adapter_ref import AdapterRef
 from peft_gpt2.serving.batching import ApiError
+from peft_gpt2.serving.metrics import NO_METRICS
 
 if TYPE_CHECKING:
     from peft_gpt2.adapters.adapter_set import AdapterSet
+    from peft_gpt2.serving.metrics import ServerMetrics
     from peft_gpt2.serving.stepping import StepEngine
 
 
@@ -30,12 +32,18 @@ class RuntimeAdapters:
     """Loads and unloads adapters for the server; remembers which were loaded at run time, least recently used first."""
 
     def __init__(
-        self, adapter_set: AdapterSet, engine: StepEngine, roots: list[Path], max_loras: int, base_name: str
+        self,
+        adapter_set: AdapterSet,
+        engine: StepEngine,
+        roots: list[Path],
+        max_loras: int,
+        base_name: str,
+        metrics: ServerMetrics = NO_METRICS,
     ) -> None:
         self.set, self.engine, self.max_loras, self.base_name = adapter_set, engine, max_loras, base_name
         self.roots = [Path(r).expanduser().resolve() for r in roots]
         self.loaded: OrderedDict[str, None] = OrderedDict()
-        self.metrics = None  # a ``serving_metrics.ServerMetrics``, set by the server
+        self.metrics = metrics
         self._busy = asyncio.Lock()  # one load or unload at a time
 
     @property
@@ -83,13 +91,13 @@ class RuntimeAdapters:
             while len(self.loaded) >= self.max_loras:
                 evicted, _ = self.loaded.popitem(last=False)
                 self.engine.retire(evicted)
-                self._event("evict")
+                self.metrics.adapter_event("evict")
             try:  # in a thread: reading weights must not stall the event loop; the engine pauses between steps
                 await asyncio.to_thread(self.set.add, name, resolved)
             except PeftGpt2Error as err:
                 raise ApiError(400, f"cannot load {path!r}: {err}", "lora_path") from None
             self.loaded[name] = None
-            self._event("load")
+            self.metrics.adapter_event("load")
 
     async def unload(self, name: str) -> None:
         self._check_enabled()
@@ -98,13 +106,9 @@ class RuntimeAdapters:
                 raise ApiError(404, f"no adapter named {name!r} is loaded", "lora_name", "model_not_found")
             self.loaded.pop(name, None)
             self.engine.retire(name)
-            self._event("unload")
+            self.metrics.adapter_event("unload")
 
     def _check_enabled(self) -> None:
         if not self.enabled:
             message = "loading adapters at run time is off; start the server with --adapter-dir DIR to allow it"
             raise ApiError(404, message, code="not_found")
-
-    def _event(self, event: str) -> None:
-        if self.metrics is not None:
-            self.metrics.adapter_event(event)

@@ -26,19 +26,28 @@ from peft_gpt2.serving.adapter_ref import AdapterRef
 from peft_gpt2.serving.batching import ApiError, Engine, Job, shutting_down
 from peft_gpt2.serving.decode_rows import Row
 from peft_gpt2.serving.kv_cache import Batch
+from peft_gpt2.serving.metrics import NO_METRICS
 
 if TYPE_CHECKING:
     import torch
 
     from peft_gpt2.adapters.adapter_set import AdapterSet
+    from peft_gpt2.serving.metrics import ServerMetrics
 
 
 class StepEngine(Engine):
     """``Engine``'s admission and queue, with a loop that decodes one token per running row per step."""
 
-    def __init__(self, adapter_set: AdapterSet, max_batch: int, wait_s: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        adapter_set: AdapterSet,
+        max_batch: int,
+        wait_s: float,
+        max_queue: int,
+        metrics: ServerMetrics = NO_METRICS,
+    ) -> None:
         self.waiting: deque[Job] = deque()  # taken from the queue, not yet admitted to the batch
-        super().__init__(adapter_set, "step", max_batch, wait_s, max_queue)
+        super().__init__(adapter_set, "step", max_batch, wait_s, max_queue, metrics)
 
     def retire(self, name: str) -> None:
         """Unload adapter ``name`` as soon as no running row uses it; its queued requests get 404."""
@@ -193,8 +202,7 @@ class StepEngine(Engine):
         row.accept(token, logprob, self.set.tokenizer)
         if row.job.first_token_at is None:
             row.job.first_token_at = time.monotonic()
-            if self.metrics is not None:
-                self.metrics.first_token(row.job.model, row.job.first_token_at - row.job.created)
+            self.metrics.first_token(row.job.model, row.job.first_token_at - row.job.created)
         if row.job.cancelled.is_set():
             row.done = True
         if row.job.on_text is not None and not row.done:
@@ -226,8 +234,7 @@ class StepEngine(Engine):
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(rows), 1)], dim=1)
         logits, batch.cache = self._forward(rows, ids, mask, batch.positions[:, None], batch.cache, keep=1)
         batch.advance()
-        if self.metrics is not None:
-            self.metrics.step(len(rows))
+        self.metrics.step(len(rows))
         for k, row in enumerate(rows):
             self._accept(row, logits[k, -1])
         keep = [k for k, r in enumerate(rows) if not r.done]

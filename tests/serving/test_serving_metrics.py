@@ -167,3 +167,16 @@ def test_render_content_type_is_prometheus_text():
     body, content_type = ServerMetrics(lambda: 0, lambda: 0, lambda: 0).render()
     assert content_type.startswith("text/plain; version=") and "charset=utf-8" in content_type
     assert b"# TYPE peft_gpt2_queued_requests gauge" in body
+
+
+def test_no_metrics_takes_every_event_server_metrics_records():
+    """The engine and adapter loader get ``NO_METRICS`` where no ``/metrics`` is served: it must take each event."""
+    import inspect
+
+    from peft_gpt2.serving.metrics import NO_METRICS, NoMetrics
+
+    events = {n for n, f in vars(ServerMetrics).items() if inspect.isfunction(f) and not n.startswith("_")}
+    events -= {"render"}
+    for name in events:
+        assert inspect.signature(getattr(NoMetrics, name)) == inspect.signature(getattr(ServerMetrics, name)), name
+    NO_METRICS.step(3)  # records nothing, raises nothing
