@@ -11,14 +11,17 @@ import math
 import numbers
 from typing import Any
 
-LABELS = {"f1": "F1", "exact_match": "EM", "bleu": "BLEU", "rouge_l": "ROUGE-L"}
+from peft_gpt2.evaluation.metrics.table import BY_NAME, METRICS, PANELS
 
-# Chart panels: (title, y label, metric keys). Perplexity gets its own panel because its scale is not 0..1.
-_PANELS: list[tuple[str, str, list[str]]] = [
-    ("overlap with the expected answer", "score (0–1, higher is better)", ["f1", "exact_match", "bleu", "rouge_l"]),
-    ("perplexity", "perplexity (lower is better)", ["perplexity"]),
-    ("token accuracy", "accuracy (0–1, higher is better)", ["token_accuracy"]),
-]
+
+def _panels() -> list[tuple[str, str, list[str]]]:
+    """``(title, y label, metric keys)`` per chart panel, from the metric table: perplexity gets its own panel
+    because its scale is not 0..1."""
+    panels = []
+    for title, axis in PANELS.items():
+        metrics = [m for m in METRICS if m.panel == title]
+        panels.append((title, axis.format(better=metrics[0].better), [m.name for m in metrics]))
+    return panels
 
 
 def _finite(value: Any) -> bool:
@@ -53,7 +56,7 @@ def _bars(ax, row: dict, keys: list[str], offset: float, width: float, colour, *
     bars = any(_num(row, f"{k}_lo") is not None for k in keys)  # no interval: no error bar, not a flat one
     ax.bar(xs, heights, width, color=colour, yerr=[below, above] if bars else None, capsize=2, error_kw={"lw": 0.8})
     for x, value, height, up, key in zip(xs, values, heights, above, keys, strict=True):
-        label = "n/a" if value is None else format(value, ".2f" if key == "perplexity" else ".3f")
+        label = "n/a" if value is None else format(value, BY_NAME[key].fmt)
         ax.annotate(
             label,
             (x, height + up),
@@ -74,7 +77,7 @@ def bar_chart(groups: dict[Any, list[dict]], name: str) -> bytes:
     from matplotlib.patches import Rectangle
 
     rows = [row for group in groups.values() for row in group]
-    panels = [(t, y, [k for k in ks if any(_num(r, k) is not None for r in rows)]) for t, y, ks in _PANELS]
+    panels = [(t, y, [k for k in ks if any(_num(r, k) is not None for r in rows)]) for t, y, ks in _panels()]
     panels = [p for p in panels if p[2]]
     models = list(dict.fromkeys(str(row.get("model")) for row in rows))
     colours = {m: colormaps["tab10"](i % 10) for i, m in enumerate(models)}
@@ -96,7 +99,7 @@ def bar_chart(groups: dict[Any, list[dict]], name: str) -> bytes:
                     row = next((r for r in group if str(r.get("model")) == model), {})
                     _bars(ax, row, keys, offset, width, colours[model], rotate=len(models) > 4)
                 if len(keys) > 1:
-                    ax.set_xticks(range(len(keys)), [LABELS[k] for k in keys])
+                    ax.set_xticks(range(len(keys)), [BY_NAME[k].label for k in keys])
                 else:  # one metric: name each bar by its model, so the panel reads without the legend
                     ax.set_xticks(offsets, models, rotation=30, ha="right", fontsize=8)
                 ax.set_ylim(0, top * 1.3)
@@ -132,7 +135,7 @@ def tradeoff_chart(groups: dict[Any, list[dict]], name: str, metric: str) -> byt
             ax.annotate(str(row.get("model")), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale)")
-        ax.set_ylabel(f"{LABELS.get(metric, metric)} (higher is better)")
+        ax.set_ylabel(f"{BY_NAME[metric].label} ({BY_NAME[metric].better})")
         n = sorted({str(r["examples"]) for r in points if r.get("examples") is not None})
         ax.set_title((f"{dataset}" if dataset is not None else name) + (f" (n={', '.join(n)})" if n else ""))
         ax.grid(alpha=0.3, which="both")

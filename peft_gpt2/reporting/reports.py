@@ -21,28 +21,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from peft_gpt2.evaluation.metrics.table import METRICS, TEXT
 from peft_gpt2.evaluation.uncertainty import CONFIDENCE, RESAMPLES, SEED
 from peft_gpt2.reporting import charts
 from peft_gpt2.run_folder import write_atomic
 
 # (row key, table header, format spec); "" means str(value). One table per data set, titled by its name, n and
-# reference row; the metrics with their intervals, the budget beside them. Precision, recall, sentence BLEU,
-# adapter size and eval time (and every interval and test as numbers) are in the JSON and CSV.
+# reference row; the metrics the metric table marks for the report, with their intervals, the budget beside them.
+# The other metrics (precision, recall, sentence BLEU), adapter size and eval time, and every interval and test as
+# numbers, are in the JSON and CSV.
 COLUMNS: list[tuple[str, str, str]] = [
     ("model", "model", ""),
     ("method", "method", ""),
-    ("f1", "F1", ".3f"),
-    ("exact_match", "EM", ".3f"),
-    ("bleu", "BLEU", ".3f"),
-    ("rouge_l", "ROUGE-L", ".3f"),
-    ("nist", "NIST", ".2f"),  # this and the next three: multi-reference (E2E) data only
-    ("cider", "CIDEr", ".2f"),
-    ("rouge_l_e2e", "ROUGE-L (E2E)", ".3f"),
-    ("meteor", "METEOR", ".3f"),
-    ("acc", "MC acc", ".3f"),  # this and the next: multiple-choice data only (lm_eval's acc and acc_norm)
-    ("acc_norm", "MC acc_norm", ".3f"),
-    ("perplexity", "perplexity", ".2f"),
-    ("token_accuracy", "token accuracy", ".3f"),
+    *((m.name, m.label, m.fmt) for m in METRICS if m.report),
     ("trainable_parameters", "trainable params", ",.0f"),
     ("tokens_seen", "tokens seen", ",.0f"),
     ("train_time_s", "train time (s)", ".1f"),
@@ -75,7 +66,7 @@ def _cell(row: dict, key: str, spec: str) -> str:
     return f"{NOISE} {text}" if row.get(f"{key}_within_noise") else text
 
 
-OPTIONAL = ("nist", "cider", "rouge_l_e2e", "meteor", "acc", "acc_norm")  # shown only where some row has a value
+OPTIONAL = tuple(m.name for m in METRICS if m.kind != TEXT)  # shown only where some row has a value
 
 
 def shown(rows: Iterable[dict]) -> list[tuple[str, str, str]]:
