@@ -24,8 +24,9 @@ from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.adapters.folder import disk_size_mb, folder_kind
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.evaluate import evaluate_model, load_eval_records
+from peft_gpt2.evaluation.metrics.table import names
 from peft_gpt2.evaluation.uncertainty import compare_rows
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models.methods import peft_type
 from peft_gpt2.run_folder import Provenance, held_out_records, write_atomic
 
@@ -104,11 +105,7 @@ def _row(run: Run, dataset: str, metrics: dict, eval_time: float) -> dict:
         "method": run.method,
         "base": run.base if run.kind != "model" else None,
         "dataset": dataset,
-        **{k: metrics.get(k) for k in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l")},
-        **{k: metrics.get(k) for k in ("nist", "cider", "rouge_l_e2e", "meteor")},  # multi-reference data only
-        **{k: metrics.get(k) for k in ("acc", "acc_norm")},  # multiple-choice data only, which has none of the above
-        "perplexity": metrics.get("perplexity"),
-        "token_accuracy": metrics.get("token_accuracy"),
+        **{name: metrics.get(name) for name in names()},  # None where the data has no such metric
         "trainable_parameters": p.trainable_parameters,
         "tokens_seen": p.tokens_seen,
         "adapter_size_mb": round(disk_size_mb(run.path), 2) if run.path else None,
@@ -221,11 +218,11 @@ def compare(
         for name, records, _ in sets:
             start = time.perf_counter()
             result = evaluate_model(model, tokenizer, records, template=template, settings=settings)
-            rows.append(_row(run, name, result["metrics"], time.perf_counter() - start))
-            items[run.label, name] = result["items"]
+            rows.append(_row(run, name, result.metrics, time.perf_counter() - start))
+            items[run.label, name] = result.items
             if answers_dir is not None:
-                write_jsonl(result["answers"], answers_dir / f"{run.label}.{name}.answers.jsonl")
-            m = result["metrics"]
+                write_jsonl(result.answers, answers_dir / f"{run.label}.{name}.answers.jsonl")
+            m = result.metrics
             said = (
                 f"acc {m['acc']:.3f}  acc_norm {m['acc_norm']:.3f}"  # multiple choice
                 if "acc" in m

@@ -2,14 +2,14 @@ r"""Score a model (base, LoRA adapter or merged) on held-out records: generated 
 
     python -c "from peft_gpt2.models.loading import load_base; from peft_gpt2.evaluation.evaluate import \
 load_eval_records, evaluate_model; m, t = load_base('tiny-gpt2'); \
-r, task = load_eval_records('data/sherlock_qa.json'); print(task, evaluate_model(m, t, r[:4])['metrics'])"
+r, task = load_eval_records('data/sherlock_qa.json'); print(task, evaluate_model(m, t, r[:4]).metrics)"
 
 Two views of one set: greedy answers scored against the references (F1, exact match, BLEU, ROUGE-L), and a
 teacher-forced pass that measures how likely the model finds the reference completion. The loss is over the
 same tokens training learns (completion + eos, never prompt or padding), summed per token over the whole
 set, so the perplexity does not depend on batch size or on how answers of different lengths are grouped.
-Each record's share of every metric is kept too (``items``), so ``peft_gpt2.evaluation.uncertainty`` can resample
-records.
+Each record is scored once; its share of every metric is kept (``items``), the set's values follow from those
+(`peft_gpt2.evaluation.metrics.table`), and ``peft_gpt2.evaluation.uncertainty`` resamples them.
 Conversations (``messages`` / ``conversations`` records, a chat run's ``test.json``) are scored on their last
 assistant turn through the chat template instead of a prompt template (``peft_gpt2.evaluation.chat_eval``).
 """
@@ -25,10 +25,13 @@ from peft_gpt2.data.sources import read_source
 from peft_gpt2.data.templates import DEFAULT_TEMPLATE, get_template
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.chat_eval import CHAT_KEYS, answer_chats, chat_loss_rows, chat_records, is_chat
+from peft_gpt2.evaluation.metrics.table import item_scores, scores_from_items
 from peft_gpt2.evaluation.multiple_choice import TASK as CHOICE_TASK
 from peft_gpt2.evaluation.multiple_choice import choice_records, is_choices, score_choices
-from peft_gpt2.inference.generation import GenerationSettings, generate
+from peft_gpt2.evaluation.result import EvalResult
+from peft_gpt2.inference.generation import generate
 from peft_gpt2.inference.scoring import completion_loss
+from peft_gpt2.inference.settings import GenerationSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -54,6 +57,22 @@ def _detect_task(first: object, source: str) -> str:
         f"{{'question', 'choices', 'answer'}} (multiple_choice), got "
         + (f"keys {keys[:8]}" if isinstance(first, dict) else f"a {type(first).__name__}")
     )
+
+
+def _qa_as_instructions(raw: list, source: str) -> list[dict]:
+    """QA records checked (errors name the record and field) and rewritten as Alpaca records."""
+    for i, record in enumerate(raw):
+        if not isinstance(record, dict):
+            raise PeftGpt2Error(f"{source}: record {i}: expected an object with 'question' and 'answer'")
+        for key in TASK_FIELDS["qa"]:
+            if key not in record:
+                hint = "; it looks like an instructions file (task='instructions')" if "instruction" in record else ""
+                raise PeftGpt2Error(f"{source}: record {i}: missing field {key!r} (has {sorted(record)}){hint}")
+            if not isinstance(record[key], str):
+                raise PeftGpt2Error(
+                    f"{source}: record {i}: field {key!r} must be a string, got {type(record[key]).__name__}"
+                )
+    return [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in raw]
 
 
 def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict], str]:
@@ -90,20 +109,7 @@ def load_eval_records(source: str, task: str | None = None) -> tuple[list[dict],
     if task == CHOICE_TASK:
         return choice_records(raw, source), task
     if task == "qa":
-        for i, record in enumerate(raw):
-            if not isinstance(record, dict):
-                raise PeftGpt2Error(f"{source}: record {i}: expected an object with 'question' and 'answer'")
-            for key in TASK_FIELDS["qa"]:
-                if key not in record:
-                    hint = (
-                        "; it looks like an instructions file (task='instructions')" if "instruction" in record else ""
-                    )
-                    raise PeftGpt2Error(f"{source}: record {i}: missing field {key!r} (has {sorted(record)}){hint}")
-                if not isinstance(record[key], str):
-                    raise PeftGpt2Error(
-                        f"{source}: record {i}: field {key!r} must be a string, got {type(record[key]).__name__}"
-                    )
-        raw = [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in raw]
+        raw = _qa_as_instructions(raw, source)
     records = validate_records(raw, source)
     for i, (record, original) in enumerate(zip(records, raw, strict=True)):
         if "references" in original:  # a data-to-text test split: every reference of the MR
@@ -128,7 +134,7 @@ def evaluate_model(
     settings: GenerationSettings | None = None,
     batch_size: int = 16,
     max_length: int = 1024,
-) -> dict:
+) -> EvalResult:
     """Generate an answer per record and score it, plus completion perplexity: the one evaluation path.
 
     Training-time evaluation and model comparison call this, so their numbers are comparable. Multiple-choice
@@ -146,19 +152,12 @@ def evaluate_model(
         batch_size (`int`, defaults to 16): Sequences per forward pass of the loss (and of generation by default).
         max_length (`int`, defaults to 1024): Tokens kept per sequence for the loss.
 
-    Records with ``references`` (a data-to-text test split, an E2E CSV) are also scored against all of them:
-    ``bleu`` and ``rouge_l`` become the multi-reference ones and ``nist``, ``cider``, ``rouge_l_e2e``, ``meteor``
-    are added (`multi_reference`); F1 and exact match stay against the first reference.
-
     Returns:
-        `dict`: ``metrics`` (f1, precision, recall, exact_match, bleu, sentence_bleu, rouge_l, perplexity,
-        token_accuracy, loss, completion_tokens, examples, generation_time_s, loss_time_s, mean_answer_words,
-        truncated, dropped), ``answers`` (``instruction``, ``input``, ``expected``, ``generated``, ``f1`` per
-        record, in input order) and ``items``: per-record columns for `peft_gpt2.evaluation.uncertainty` (`item_scores`
-        plus ``nll``, ``tokens``, ``correct`` of the teacher-forced pass; their sums are the set's).
+        `EvalResult`: ``metrics`` (`text_scores`' metrics, and loss, completion_tokens, examples,
+        generation_time_s, loss_time_s, mean_answer_words, truncated, dropped), ``answers`` (``instruction``,
+        ``input``, ``expected``, ``generated``, ``f1`` per record) and ``items`` (`text_scores`' columns plus the
+        teacher-forced pass's ``nll``, ``tokens``, ``correct``).
     """
-    from peft_gpt2.evaluation.metrics import text_metrics
-
     if not records:
         raise PeftGpt2Error("no records to evaluate")
     if is_choices(records):  # scored by each choice's log-likelihood, as lm_eval does; nothing is generated
@@ -168,27 +167,38 @@ def evaluate_model(
     pairs = chat_loss_rows(tokenizer, records) if chat else [get_template(template).render(r) for r in records]
     expected = [r["output"].strip() for r in records]  # what Template.render makes the completion
 
+    settings = settings or GenerationSettings(batch_size=batch_size)
     start = time.perf_counter()
-    generated = answer_records(
-        model, tokenizer, records, template, settings or GenerationSettings(batch_size=batch_size)
-    )
+    generated = answer_records(model, tokenizer, records, template, settings)
     generation_time = time.perf_counter() - start
     start = time.perf_counter()
     loss = completion_loss(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
     loss_time = time.perf_counter() - start
 
-    items = item_scores(generated, expected)
+    metrics, items = text_scores(records, generated, expected)
     items.update(nll=loss["nll_per_row"], tokens=loss["tokens_per_row"], correct=loss["correct_per_row"])
-    metrics = text_metrics(generated, expected)
-    if any("references" in r for r in records):
-        metrics.update(multi_reference(generated, [r.get("references") or [r["output"]] for r in records], items))
     metrics.update(_loss_metrics(loss), examples=len(records), generation_time_s=generation_time)
     metrics.update(loss_time_s=loss_time, mean_answer_words=sum(len(g.split()) for g in generated) / len(generated))
     answers = [
         {"instruction": r["instruction"], "input": r.get("input") or "", "expected": e, "generated": g, "f1": f}
         for r, e, g, f in zip(records, expected, generated, items["f1"], strict=True)
     ]
-    return {"metrics": metrics, "answers": answers, "items": items}
+    return EvalResult(metrics, answers, items)
+
+
+def text_scores(records: list[dict], generated: list[str], expected: list[str]) -> tuple[dict, dict[str, list]]:
+    """``(metrics, items)``: each answer scored once against its reference (`item_scores`), the set's values from
+    the items (`scores_from_items`).
+
+    Records with ``references`` (a data-to-text test split, an E2E CSV) are also scored against all of them:
+    ``bleu`` and ``rouge_l`` become the multi-reference ones and ``nist``, ``cider``, ``rouge_l_e2e``, ``meteor``
+    are added (`multi_reference`); F1 and exact match stay against the first reference.
+    """
+    items = item_scores(generated, expected)
+    metrics = scores_from_items(items)
+    if any("references" in r for r in records):
+        metrics.update(multi_reference(generated, [r.get("references") or [r["output"]] for r in records], items))
+    return metrics, items
 
 
 def answer_records(
@@ -215,7 +225,7 @@ def multi_reference(generated: list[str], references: list[list[str]], items: di
     """The E2E metrics against every reference of each item (`peft_gpt2.evaluation.metrics.multi_reference`):
     ``bleu`` and ``rouge_l`` replace the single-reference ones, ``nist``, ``cider``, ``rouge_l_e2e`` and ``meteor``
     join them; their per-item statistics go into `items` for the bootstrap."""
-    from peft_gpt2.evaluation.metrics import item_statistics, scores_from_statistics
+    from peft_gpt2.evaluation.metrics.multi_reference import item_statistics, scores_from_statistics
 
     stats = item_statistics(generated, references)
     items.update(
@@ -228,32 +238,4 @@ def multi_reference(generated: list[str], references: list[list[str]], items: di
     return scores_from_statistics(stats)
 
 
-def item_scores(generated: list[str], expected: list[str]) -> dict[str, list]:
-    """Each item's share of the text metrics, so a resample of items can be scored without generating again.
-
-    The mean of each of ``f1``, ``precision``, ``recall``, ``exact_match``, ``sentence_bleu``, ``rouge_l`` over
-    all items is `text_metrics`' value; ``bleu_stats`` holds sacrebleu's sufficient statistics per item
-    (hypothesis and reference length, matching and total 1- to 4-grams), whose sum gives corpus BLEU.
-    """
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
-    from peft_gpt2.evaluation.metrics.squad_f1.squad_f1 import score_item  # the metric's own per-item arithmetic
-
-    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)  # as in metrics/rouge_l
-    keys = ("precision", "recall", "f1", "exact_match", "sentence_bleu", "rouge_l", "bleu_stats")
-    columns: dict[str, list] = {key: [] for key in keys}
-    for prediction, reference in zip(generated, expected, strict=True):
-        sentence = sacrebleu.sentence_bleu(prediction, [reference])  # as in metrics/bleu
-        values = (
-            *score_item(prediction, reference),  # precision, recall, f1, exact match
-            sentence.score / 100,
-            rouge.score(target=reference, prediction=prediction)["rougeL"].fmeasure,
-            [sentence.sys_len, sentence.ref_len, *sentence.counts, *sentence.totals],
-        )
-        for key, value in zip(keys, values, strict=True):
-            columns[key].append(value)
-    return columns
-
-
-__all__ = ["TASKS", "TASK_FIELDS", "answer_records", "evaluate_model", "item_scores", "load_eval_records"]
+__all__ = ["TASKS", "TASK_FIELDS", "answer_records", "evaluate_model", "load_eval_records", "text_scores"]

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from peft_gpt2.errors import PeftGpt2Error
+from peft_gpt2.evaluation.metrics.table import MULTIPLE_CHOICE, scores_from_items, select
+from peft_gpt2.evaluation.result import EvalResult
 from peft_gpt2.inference.scoring import token_loss
 from peft_gpt2.models.loading import max_positions
 
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 TASK = "multiple_choice"
 TARGET_DELIMITER = " "  # lm_eval's default target_delimiter, between the question and each choice
-METRICS = ("acc", "acc_norm")
 
 
 def is_choices(records: list) -> bool:
@@ -120,11 +121,11 @@ def score_choices(
     *,
     batch_size: int = 16,
     max_length: int = 2047,
-) -> dict:
+) -> EvalResult:
     """Score multiple-choice records: ``evaluate_model``'s result for this task.
 
     Returns:
-        `dict`: ``metrics`` (``acc``, ``acc_norm``, ``examples``, ``loss_time_s``), ``answers`` (per record: the
+        `EvalResult`: ``metrics`` (``acc``, ``acc_norm``, ``examples``, ``loss_time_s``), ``answers`` (per record: the
         question, choices, gold ``answer``, ``loglikelihoods``, ``pred``, ``pred_norm``) and ``items`` (``acc``,
         ``acc_norm`` per record, 0 or 1, for `peft_gpt2.evaluation.uncertainty`'s bootstrap; their means are the
         metrics).
@@ -144,9 +145,9 @@ def score_choices(
         items["acc"].append(float(pred == record["answer"]))
         items["acc_norm"].append(float(pred_norm == record["answer"]))
         answers.append({**record, "loglikelihoods": ll, "pred": pred, "pred_norm": pred_norm})
-    metrics = {key: sum(items[key]) / len(records) for key in METRICS}
+    metrics = scores_from_items(items, select(MULTIPLE_CHOICE))
     metrics.update(examples=len(records), loss_time_s=elapsed)
-    return {"metrics": metrics, "answers": answers, "items": items}
+    return EvalResult(metrics, answers, items)
 
 
-__all__ = ["METRICS", "TASK", "choice_loglikelihoods", "choice_records", "encode_pair", "is_choices", "score_choices"]
+__all__ = ["TASK", "choice_loglikelihoods", "choice_records", "encode_pair", "is_choices", "score_choices"]

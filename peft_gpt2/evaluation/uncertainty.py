@@ -3,8 +3,9 @@
     python -c "from peft_gpt2.evaluation.uncertainty import bootstrap_interval as b; print(b({'f1': [0, 1, 1]}, 'f1'))"
 
 Every metric here is a function of per-item statistics summed over the items (what ``evaluate_model`` returns as
-``items``): a mean is ``sum(x) / sum(1)``, corpus BLEU comes from the summed n-gram counts and lengths, perplexity
-is ``exp(sum nll / sum tokens)`` and token accuracy ``sum correct / sum tokens``. So a corpus-level metric is
+``items``; each metric's aggregate is in `peft_gpt2.evaluation.metrics.table`): a mean is ``sum(x) / sum(1)``, corpus
+BLEU comes from the summed n-gram counts and lengths (the function that gives the whole set's BLEU), perplexity is
+``exp(sum nll / sum tokens)`` and token accuracy ``sum correct / sum tokens``. So a corpus-level metric is
 recomputed on every resample from its sums, never averaged per item.
 
 Interval of a metric: percentile bootstrap over items. Draw ``n`` of the ``n`` items with replacement
@@ -27,16 +28,17 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from peft_gpt2.evaluation.metrics import table
+
 RESAMPLES = 1000  # bounds move by 2-3% of the interval width from seed to seed (F1, BLEU, 106 items)
 SEED = 0
 CONFIDENCE = 0.95
-MEAN_METRICS = ("f1", "precision", "recall", "exact_match", "sentence_bleu", "rouge_l")
-CHOICE_METRICS = ("acc", "acc_norm")  # multiple-choice data (evaluation.multiple_choice): its items hold only these
-RATIO_METRICS = {"perplexity": "nll", "token_accuracy": "correct"}  # numerator column, over ``tokens``
-METRICS = (*MEAN_METRICS, "bleu", "perplexity", "token_accuracy")
-"""Metrics `additive` recomputes from ``evaluate_model``'s ``items`` for every data set."""
-MULTI_REFERENCE_METRICS = ("nist", "cider", "rouge_l_e2e")
+METRICS = table.names(table.TEXT, computed=True)
+"""Metrics `additive` recomputes from ``evaluate_model``'s ``items`` for every generation data set."""
+MULTI_REFERENCE_METRICS = table.names(table.MULTI_REFERENCE, computed=True)
 """And for multi-reference (E2E) data, whose ``items`` also hold ``nist_stats``, ``cider``, ``rouge_l_e2e``."""
+CHOICE_METRICS = table.names(table.MULTIPLE_CHOICE, computed=True)
+"""Multiple-choice data (`peft_gpt2.evaluation.multiple_choice`): its items hold only these."""
 _TEST_KEYS = {"diff": "diff", "lo": "diff_lo", "hi": "diff_hi", "p": "p", "within_noise": "within_noise"}
 
 Statistic = Callable[[np.ndarray], np.ndarray]
@@ -58,58 +60,32 @@ def counts(idx: np.ndarray, n: int) -> np.ndarray:
     return np.bincount((rows + idx).ravel(), minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
 
 
-def corpus_bleu(stats: np.ndarray) -> np.ndarray:
-    """sacrebleu's corpus BLEU (``exp`` smoothing, 4-grams, 0..1) of each row of summed sufficient statistics.
-
-    Args:
-        stats (`np.ndarray`): ``(..., 10)``: hypothesis length, reference length, 4 matching and 4 total n-gram
-            counts, summed over a corpus (``sacrebleu.BLEU.compute_bleu``'s inputs, vectorized).
-    """
-    stats = np.asarray(stats, dtype=np.float64)
-    sys_len, ref_len, correct, total = stats[..., 0], stats[..., 1], stats[..., 2:6], stats[..., 6:10]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        bp = np.where(sys_len < ref_len, np.where(sys_len > 0, np.exp(1 - ref_len / sys_len), 0.0), 1.0)
-        misses = np.cumsum(correct == 0, axis=-1)  # exp smoothing: each zero-match order halves again
-        precision = np.where(correct == 0, 1.0 / (2.0**misses * total), correct / total)
-        score = bp * np.exp(np.log(precision).mean(axis=-1))
-    # sacrebleu: 0 when nothing matches at all or an order has no n-grams (every hypothesis shorter than it)
-    return np.where((correct.sum(axis=-1) == 0) | (total == 0).any(axis=-1), 0.0, score)
-
-
-def corpus_nist(stats: np.ndarray) -> np.ndarray:
-    """NIST-5 of each row of summed per-item statistics (`evaluation.metrics.ItemStatistics.nist`, 11 columns)."""
-    from peft_gpt2.evaluation.metrics.ngram_scores import NIST_ORDER, nist_length_penalty
-
-    stats = np.asarray(stats, dtype=np.float64)
-    matched, produced = stats[..., :NIST_ORDER], stats[..., NIST_ORDER : 2 * NIST_ORDER]
-    precision = (matched / np.maximum(produced, 1.0)).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(stats[..., -1] > 0, produced[..., 0] / stats[..., -1], np.inf)
-    return precision * np.vectorize(nist_length_penalty, otypes=[float])(ratio)
-
-
-def _ratio(log: bool) -> Finish:
+def _ratio(then: Callable | None) -> Finish:
     def finish(sums: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             value = sums[..., 0] / sums[..., 1]  # nan: a draw of only dropped items (no tokens)
-            return np.exp(value) if log else value
+            return then(value) if then else value
 
     return finish
 
 
+def _rowwise(finish: Callable[[np.ndarray], float]) -> Finish:
+    """A corpus statistic of one set of sums, applied to every resample's: the set's value is the same function."""
+    return lambda sums: np.apply_along_axis(finish, -1, sums)
+
+
 def additive(items: Mapping[str, list], metric: str) -> tuple[np.ndarray, Finish]:
-    """``(x, finish)``: per-item statistics ``(n, k)`` whose (weighted) sum `finish` turns into the metric."""
-    if metric in MEAN_METRICS or metric in ("cider", "rouge_l_e2e", *CHOICE_METRICS):  # per-item values, averaged
-        column = np.asarray(items[metric], dtype=np.float64)
-        return np.stack([column, np.ones_like(column)], axis=1), _ratio(log=False)
-    if metric == "bleu":
-        return np.asarray(items["bleu_stats"], dtype=np.float64).reshape(-1, 10), corpus_bleu
-    if metric == "nist":
-        return np.asarray(items["nist_stats"], dtype=np.float64), corpus_nist
-    if metric in RATIO_METRICS:
-        x = np.stack([np.asarray(items[k], dtype=np.float64) for k in (RATIO_METRICS[metric], "tokens")], axis=1)
-        return x, _ratio(log=metric == "perplexity")
-    raise ValueError(f"no resampling rule for metric {metric!r}; known: {', '.join(METRICS)}")
+    """``(x, finish)``: per-item statistics ``(n, k)`` whose (weighted) sum `finish` turns into the metric, by the
+    metric's aggregate in `peft_gpt2.evaluation.metrics.table`."""
+    m = table.BY_NAME.get(metric)
+    if m is None or m.aggregate is None:
+        known = ", ".join(table.names(computed=True))
+        raise ValueError(f"no resampling rule for metric {metric!r}; known: {known}")
+    column = np.asarray(items[m.column], dtype=np.float64)
+    if m.aggregate == table.CORPUS:
+        return column.reshape(len(column), -1), _rowwise(m.finish)
+    denominator = np.ones_like(column) if m.aggregate == table.MEAN else np.asarray(items["tokens"], np.float64)
+    return np.stack([column, denominator], axis=1), _ratio(m.finish)
 
 
 def statistic(items: Mapping[str, list], metric: str) -> Statistic:
@@ -207,7 +183,7 @@ def _paired(x: np.ndarray, ref: np.ndarray, finish: Finish, diffs: np.ndarray, *
 def compare_rows(
     items: Mapping[str, Mapping[str, list]],
     reference: str | None,
-    metrics: tuple[str, ...] = METRICS + MULTI_REFERENCE_METRICS + CHOICE_METRICS,
+    metrics: tuple[str, ...] = table.names(computed=True),
     *,
     resamples: int = RESAMPLES,
     seed: int = SEED,
@@ -232,13 +208,10 @@ def compare_rows(
     n = sizes.pop()
     weights = counts(draws(n, resamples, seed), n)
     out: dict[str, dict] = {label: {} for label in items}
-    needs = {"bleu": "bleu_stats", "nist": "nist_stats", "perplexity": "nll", "token_accuracy": "correct"}
-    choices = all("acc" in c for c in items.values())  # multiple choice: acc and acc_norm, no text metrics
     for metric in metrics:
-        if metric in MULTI_REFERENCE_METRICS and not all(needs.get(metric, metric) in c for c in items.values()):
-            continue  # NIST and CIDEr exist only for multi-reference data
-        if choices != (metric in CHOICE_METRICS):
-            continue
+        m = table.BY_NAME.get(metric)
+        if m is not None and m.aggregate is not None and not all(m.column in c for c in items.values()):
+            continue  # a metric of other data (NIST: multi-reference; acc: multiple choice); unknown ones raise below
         stats = {label: additive(columns, metric) for label, columns in items.items()}
         drawn = {label: finish(weights @ x) for label, (x, finish) in stats.items()}
         for label, (x, finish) in stats.items():
@@ -262,7 +235,6 @@ __all__ = [
     "additive",
     "bootstrap_interval",
     "compare_rows",
-    "corpus_bleu",
     "counts",
     "draws",
     "paired_difference",

@@ -15,7 +15,8 @@ from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.chat_eval import chat_loss_rows
 from peft_gpt2.evaluation.compare import Run, compare, shared_template
 from peft_gpt2.evaluation.evaluate import answer_records, evaluate_model, load_eval_records
-from peft_gpt2.inference.generation import Completion, GenerationSettings, end_ids
+from peft_gpt2.inference.generation import Completion, end_ids
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.run_folder import Provenance
 
 FAST = GenerationSettings(max_new_tokens=4)
@@ -163,9 +164,9 @@ def test_the_loss_counts_exactly_the_last_assistant_turn(tmp_path, tiny):
             logits = model(input_ids=torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
         nll.append(F.cross_entropy(logits, torch.tensor(answer), reduction="sum").item())
         tokens.append(len(answer))
-    assert result["items"]["tokens"] == tokens
-    assert result["items"]["nll"] == pytest.approx(nll, rel=1e-4)
-    assert result["metrics"]["completion_tokens"] == sum(tokens)
+    assert result.items["tokens"] == tokens
+    assert result.items["nll"] == pytest.approx(nll, rel=1e-4)
+    assert result.metrics["completion_tokens"] == sum(tokens)
     row = chat_loss_rows(tokenizer, records)[0]  # the whole conversation is context; only the last turn is scored
     assert chat.decode(row["input_ids"]) == chat.apply_chat_template(records[0]["messages"], tokenize=False)
     masked = [t for t, m in zip(row["input_ids"], row["assistant_masks"], strict=True) if m]

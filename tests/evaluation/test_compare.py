@@ -13,7 +13,7 @@ from peft_gpt2.config.recipe import load_recipe
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.compare import compare
 from peft_gpt2.evaluation.evaluate import evaluate_model, load_eval_records
-from peft_gpt2.inference.generation import GenerationSettings
+from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models import loading as models
 from peft_gpt2.training.train import train
 
@@ -83,10 +83,10 @@ def test_base_row_equals_the_bare_base_and_adapter_row_equals_a_fresh_load(runs,
     records, _ = load_eval_records(str(runs["root"] / "qa.json"))
     rows = compare([str(runs["lora"])], data=[str(runs["root"] / "qa.json")], settings=FAST)
     bare, tokenizer = models.load_base("tiny-gpt2")
-    expected_base = evaluate_model(bare, tokenizer, records, template="short", settings=FAST)["metrics"]
+    expected_base = evaluate_model(bare, tokenizer, records, template="short", settings=FAST).metrics
     assert rows[0]["perplexity"] == pytest.approx(expected_base["perplexity"], rel=1e-5)
     fresh = attach(models.load_base("tiny-gpt2")[0], runs["lora"], "x")
-    expected_lora = evaluate_model(fresh, tokenizer, records, template="short", settings=FAST)["metrics"]
+    expected_lora = evaluate_model(fresh, tokenizer, records, template="short", settings=FAST).metrics
     assert rows[1]["perplexity"] == pytest.approx(expected_lora["perplexity"], rel=1e-5)
     assert rows[1]["perplexity"] != pytest.approx(rows[0]["perplexity"], rel=1e-3)  # the adapter matters
 
@@ -104,15 +104,15 @@ def test_evaluate_model_keeps_per_item_sums(tiny):
     records = [{"instruction": q["question"], "input": "", "output": q["answer"]} for q in QA]
     records[2] = {**records[2], "instruction": records[2]["instruction"] * 30}  # its prompt alone fills max_length
     result = evaluate_model(model, tokenizer, records, template="short", settings=FAST, batch_size=4, max_length=64)
-    items, metrics = result["items"], result["metrics"]
+    items, metrics = result.items, result.metrics
     assert metrics["dropped"] == 1 and items["tokens"][2] == 0 and items["nll"][2] == 0  # record 2 overflows
     assert all(len(column) == len(QA) for column in items.values())
     assert sum(items["tokens"]) == metrics["completion_tokens"]
     assert math.exp(sum(items["nll"]) / sum(items["tokens"])) == pytest.approx(metrics["perplexity"], rel=1e-6)
     assert sum(items["correct"]) / sum(items["tokens"]) == pytest.approx(metrics["token_accuracy"])
-    alone = evaluate_model(model, tokenizer, records[3:4], template="short", settings=FAST)["items"]
+    alone = evaluate_model(model, tokenizer, records[3:4], template="short", settings=FAST).items
     assert alone["nll"][0] == pytest.approx(items["nll"][3], rel=1e-4) and alone["tokens"] == items["tokens"][3:4]
-    assert items["f1"] == [a["f1"] for a in result["answers"]]
+    assert items["f1"] == [a["f1"] for a in result.answers]
     assert sum(items["f1"]) / len(QA) == pytest.approx(metrics["f1"])
 
 

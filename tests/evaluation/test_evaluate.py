@@ -17,8 +17,9 @@ import peft_gpt2.evaluation.evaluate as evaluation
 from peft_gpt2.data.templates import TEMPLATES
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.evaluate import evaluate_model, load_eval_records
-from peft_gpt2.inference.generation import Completion, GenerationSettings, generate
+from peft_gpt2.inference.generation import Completion, generate
 from peft_gpt2.inference.scoring import completion_loss
+from peft_gpt2.inference.settings import GenerationSettings
 
 PAIRS = [  # completions of clearly different lengths
     {"prompt": "### Instruction:\nName a colour.\n\n### Response:\n", "completion": "Red"},
@@ -209,12 +210,12 @@ def test_evaluate_model_wiring(tiny, monkeypatch):
     result = evaluate_model(model, tokenizer, RECORDS, template="short", settings=GenerationSettings(stop=["END"]))
     assert seen["prompts"] == [TEMPLATES["short"].render(r)["prompt"] for r in RECORDS]
     assert seen["settings"].stop == ["END", "### "]  # the template's stop strings reach generation
-    m = result["metrics"]
+    m = result.metrics
     assert m["exact_match"] == m["f1"] == m["rouge_l"] == 1.0
     assert m["examples"] == 3 and m["mean_answer_words"] == pytest.approx(5 / 3)
-    assert [a["expected"] for a in result["answers"]] == [r["output"] for r in RECORDS]
-    assert [a["f1"] for a in result["answers"]] == [1.0, 1.0, 1.0]
-    assert result["answers"][1] == {
+    assert [a["expected"] for a in result.answers] == [r["output"] for r in RECORDS]
+    assert [a["f1"] for a in result.answers] == [1.0, 1.0, 1.0]
+    assert result.answers[1] == {
         "instruction": "Translate to German.",
         "input": "good morning",
         "expected": "Guten Morgen",
@@ -231,11 +232,11 @@ def test_evaluate_model_real_generation_in_input_order(positional):
     settings = GenerationSettings(max_new_tokens=8)
     result = evaluate_model(model, tokenizer, RECORDS, settings=settings, batch_size=2)
     prompts = [TEMPLATES["alpaca"].render(r)["prompt"] for r in RECORDS]
-    assert [a["generated"] for a in result["answers"]] == [
+    assert [a["generated"] for a in result.answers] == [
         generate(model, tokenizer, [p], settings)[0].text for p in prompts
     ]
-    assert [a["instruction"] for a in result["answers"]] == [r["instruction"] for r in RECORDS]
-    m = result["metrics"]
+    assert [a["instruction"] for a in result.answers] == [r["instruction"] for r in RECORDS]
+    m = result.metrics
     for key in ("f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l", "token_accuracy"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["perplexity"] > 1 and m["completion_tokens"] > len(RECORDS)
@@ -257,7 +258,7 @@ def test_merged_and_unmerged_adapter_agree(positional):
     settings = GenerationSettings(max_new_tokens=8)
     runs = [evaluate_model(m, tokenizer, RECORDS, settings=settings) for m in (peft_model, merged, base)]
     (adapter, merged_run, bare) = runs
-    assert merged_run["metrics"]["perplexity"] == pytest.approx(adapter["metrics"]["perplexity"], rel=1e-4)
-    assert [a["generated"] for a in merged_run["answers"]] == [a["generated"] for a in adapter["answers"]]
-    assert bare["metrics"]["perplexity"] != pytest.approx(adapter["metrics"]["perplexity"], rel=1e-3)
-    assert [a["generated"] for a in bare["answers"]] != [a["generated"] for a in adapter["answers"]]
+    assert merged_run.metrics["perplexity"] == pytest.approx(adapter.metrics["perplexity"], rel=1e-4)
+    assert [a["generated"] for a in merged_run.answers] == [a["generated"] for a in adapter.answers]
+    assert bare.metrics["perplexity"] != pytest.approx(adapter.metrics["perplexity"], rel=1e-3)
+    assert [a["generated"] for a in bare.answers] != [a["generated"] for a in adapter.answers]

@@ -53,7 +53,7 @@ def test_lm_eval_scores_base_and_adapter_as_eval_does(tmp_path, tiny_path):
     for name in ("base", "toy"):
         with adapter_set.using(None if name == "base" else name):
             expected[name] = evaluate_model(adapter_set.model, tokenizer, records, batch_size=4)
-    flat = {name: sum((a["loglikelihoods"] for a in r["answers"]), []) for name, r in expected.items()}
+    flat = {name: sum((a["loglikelihoods"] for a in r.answers), []) for name, r in expected.items()}
     assert flat["base"] != pytest.approx(flat["toy"], abs=1e-3)  # the adapter changes the scores it is tested on
 
     with serving(create_app(adapter_set)) as url:
@@ -63,7 +63,7 @@ def test_lm_eval_scores_base_and_adapter_as_eval_does(tmp_path, tiny_path):
             assert [s["doc_id"] for s in samples] == list(range(LIMIT))
             theirs = [[float(resp[0]) for resp in s["filtered_resps"]] for s in samples]
             assert sum(theirs, []) == pytest.approx(flat[name], abs=1e-4), name  # every choice's log-likelihood
-            assert [s["acc"] for s in samples] == ours["items"]["acc"], name
-            assert [s["acc_norm"] for s in samples] == ours["items"]["acc_norm"], name
-            assert results["acc,none"] == pytest.approx(ours["metrics"]["acc"], abs=1e-12), name
-            assert results["acc_norm,none"] == pytest.approx(ours["metrics"]["acc_norm"], abs=1e-12), name
+            assert [s["acc"] for s in samples] == ours.items["acc"], name
+            assert [s["acc_norm"] for s in samples] == ours.items["acc_norm"], name
+            assert results["acc,none"] == pytest.approx(ours.metrics["acc"], abs=1e-12), name
+            assert results["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"], abs=1e-12), name

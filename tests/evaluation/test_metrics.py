@@ -14,16 +14,8 @@ from nltk.translate.nist_score import corpus_nist, sentence_nist
 from rouge_score import rouge_scorer
 
 from peft_gpt2.errors import PeftGpt2Error
-from peft_gpt2.evaluation.metrics import (
-    METRICS_DIR,
-    MULTI_REFERENCE_KEYS,
-    item_statistics,
-    load_metric,
-    multi_reference_metrics,
-    per_item_f1,
-    scores_from_statistics,
-    text_metrics,
-)
+from peft_gpt2.evaluation.metrics import METRIC_NAMES, METRICS_DIR, item_scores, load_metric, scores_from_items
+from peft_gpt2.evaluation.metrics.multi_reference import MULTI_REFERENCE_KEYS, item_statistics, scores_from_statistics
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,6 +43,16 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def text_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """What evaluation reports for single-reference text: each item scored once, the set from the items."""
+    return scores_from_items(item_scores(predictions, references))
+
+
+def multi_reference_metrics(predictions: list[str], references: list[list[str]]) -> dict:
+    """What evaluation reports for multi-reference text: per-item statistics once, the set from their sums."""
+    return scores_from_statistics(item_statistics(predictions, references))
 
 
 def squad(prediction: str, reference: str) -> dict[str, float]:
@@ -122,7 +124,7 @@ def test_squad_scores_are_means_over_items():
     result = load_metric("squad_f1").compute(predictions=predictions, references=references)
     assert result["f1"] == pytest.approx(0.5)
     assert result["exact_match"] == pytest.approx(0.5)
-    assert per_item_f1(predictions, references) == pytest.approx([1.0, 0.0])
+    assert item_scores(predictions, references)["f1"] == pytest.approx([1.0, 0.0])
 
 
 # --- BLEU ---------------------------------------------------------------------------------------------------
@@ -198,6 +200,19 @@ def test_combine_works_offline(offline):
     assert {"bleu", "sentence_bleu", "brevity_penalty", "precisions", "exact_match"} <= result.keys()
 
 
+def test_evaluation_gives_the_evaluate_modules_numbers(offline):
+    """Evaluation scores each item once (`item_scores`); users who load the modules get the same numbers, to the last
+    bit but for sentence BLEU: the module divides its summed percentages by 100 once, evaluation each item's score
+    (the value the bootstrap resamples), which can move the last bit."""
+    predictions = [*PREDICTIONS, "It was Irene Adler.", "", "Baker Street", "the the the"]
+    references = [*REFERENCES, "Irene Adler", "Watson", "baker street.", "a"]
+    combined = evaluate.combine([load_metric(name) for name in METRIC_NAMES])
+    modules = combined.compute(predictions=predictions, references=references)
+    ours = text_metrics(predictions, references)
+    assert ours.pop("sentence_bleu") == pytest.approx(modules["sentence_bleu"], rel=1e-15, abs=0)
+    assert ours == {key: modules[key] for key in ours}  # exactly: F1 and its kin, corpus BLEU, ROUGE-L
+
+
 def test_text_metrics_flat_keys(offline):
     result = text_metrics(["It was Irene Adler.", "Holmes"], ["Irene Adler", "Watson"])
     assert list(result) == ["f1", "precision", "recall", "exact_match", "bleu", "sentence_bleu", "rouge_l"]
@@ -214,7 +229,7 @@ def test_unknown_metric_is_a_user_error():
         load_metric("bleurt")
 
 
-@pytest.mark.parametrize("helper", [text_metrics, per_item_f1])
+@pytest.mark.parametrize("helper", [text_metrics, item_scores])
 def test_bad_inputs_are_user_errors(helper):
     with pytest.raises(PeftGpt2Error, match="empty"):
         helper([], [])

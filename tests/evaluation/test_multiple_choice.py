@@ -90,11 +90,11 @@ def test_acc_and_acc_norm_follow_lm_eval(monkeypatch, tiny):
     ]
     monkeypatch.setattr(multiple_choice, "choice_loglikelihoods", lambda *a, **k: lls)
     result = score_choices(*tiny, ITEMS)
-    assert [a["pred"] for a in result["answers"]] == [1, 0, 1]
-    assert [a["pred_norm"] for a in result["answers"]] == [2, 0, 3]
-    assert result["items"] == {"acc": [0.0, 1.0, 1.0], "acc_norm": [0.0, 1.0, 0.0]}
-    assert result["metrics"]["acc"] == pytest.approx(2 / 3) and result["metrics"]["acc_norm"] == pytest.approx(1 / 3)
-    assert result["metrics"]["examples"] == 3 and result["answers"][2]["loglikelihoods"] == lls[2]
+    assert [a["pred"] for a in result.answers] == [1, 0, 1]
+    assert [a["pred_norm"] for a in result.answers] == [2, 0, 3]
+    assert result.items == {"acc": [0.0, 1.0, 1.0], "acc_norm": [0.0, 1.0, 0.0]}
+    assert result.metrics["acc"] == pytest.approx(2 / 3) and result.metrics["acc_norm"] == pytest.approx(1 / 3)
+    assert result.metrics["examples"] == 3 and result.answers[2]["loglikelihoods"] == lls[2]
 
 
 def test_eval_cli_scores_multiple_choice(tmp_path, tiny, tiny_path, capsys):
@@ -105,9 +105,9 @@ def test_eval_cli_scores_multiple_choice(tmp_path, tiny, tiny_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     expected = evaluate_model(*tiny, load_eval_records(str(path))[0])
     assert printed["task"] == "multiple_choice" and printed["examples"] == 3
-    assert (printed["acc"], printed["acc_norm"]) == (expected["metrics"]["acc"], expected["metrics"]["acc_norm"])
+    assert (printed["acc"], printed["acc_norm"]) == (expected.metrics["acc"], expected.metrics["acc_norm"])
     answers = [json.loads(line) for line in Path(printed["answers"]).read_text(encoding="utf-8").splitlines()]
-    assert answers == expected["answers"] and {"pred", "pred_norm", "loglikelihoods"} <= set(answers[0])
+    assert answers == expected.answers and {"pred", "pred_norm", "loglikelihoods"} <= set(answers[0])
 
 
 def test_compare_and_report_carry_acc_with_intervals(tmp_path, tiny_path):

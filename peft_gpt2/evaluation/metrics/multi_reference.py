@@ -40,7 +40,6 @@ move `rouge_l_e2e` and `cider` in the 4th decimal at most on the devset.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,19 +50,17 @@ from sacrebleu.metrics.bleu import BLEU
 
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.evaluation.metrics.ngram_scores import (
-    NIST_ORDER,
     cider_scores,
     coco_tokens,
+    corpus_nist,
     mteval_tokens,
-    nist_length_penalty,
     nist_rows,
     rouge_l_e2e,
 )
+from peft_gpt2.evaluation.metrics.per_item import corpus_bleu
 
 MULTI_REFERENCE_KEYS: tuple[str, ...] = ("bleu", "nist", "meteor", "rouge_l", "rouge_l_e2e", "cider", "meteor_reason")
-"""Keys of the dict `multi_reference_metrics` and `scores_from_statistics` return, in this order."""
-
-BLEU_ORDER = 4
+"""Keys of the dict `scores_from_statistics` returns, in this order."""
 
 METEOR_REASON = (
     "not computed: the E2E METEOR is METEOR 1.5, a Java program (with paraphrase tables) that pycocoevalcap ships "
@@ -193,21 +190,9 @@ def scores_from_statistics(stats: ItemStatistics, indices: Sequence[int] | np.nd
     idx = np.arange(len(stats)) if indices is None else np.asarray(indices, dtype=np.intp)
     if idx.size == 0:
         raise PeftGpt2Error("No items to score: the subset of indices is empty.")
-    b = stats.bleu[idx].sum(axis=0).astype(int).tolist()
-    bleu = BLEU.compute_bleu(
-        correct=b[2 : 2 + BLEU_ORDER],
-        total=b[2 + BLEU_ORDER :],
-        sys_len=b[0],
-        ref_len=b[1],
-        smooth_method="exp",
-        max_ngram_order=BLEU_ORDER,
-    )
-    n = stats.nist[idx].sum(axis=0)
-    precision = sum(n[k] / max(n[NIST_ORDER + k], 1.0) for k in range(NIST_ORDER))
-    ratio = n[NIST_ORDER] / n[2 * NIST_ORDER] if n[2 * NIST_ORDER] else math.inf
     return {
-        "bleu": bleu.score / 100,
-        "nist": float(precision * nist_length_penalty(ratio)),
+        "bleu": corpus_bleu(stats.bleu[idx].sum(axis=0)),
+        "nist": corpus_nist(stats.nist[idx].sum(axis=0)),
         "meteor": None,
         "rouge_l": float(stats.rouge_l[idx].mean()),
         "rouge_l_e2e": float(stats.rouge_l_e2e[idx].mean()),
@@ -216,31 +201,11 @@ def scores_from_statistics(stats: ItemStatistics, indices: Sequence[int] | np.nd
     }
 
 
-def multi_reference_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """Score generated texts against all human references of each item with the E2E challenge's metrics.
-
-    Args:
-        predictions (`Sequence[str]`):
-            Generated texts, one per item (one per MR).
-        references (`Sequence[Sequence[str]]`):
-            All human references of each item; items may have different numbers of them.
-
-    Returns:
-        `dict`: see `scores_from_statistics`; the module docstring says how each relates to the official scripts.
-
-    Raises:
-        `PeftGpt2Error`: if the lists are empty, differ in length, an item has no reference, or something is
-        not a string.
-    """
-    return scores_from_statistics(item_statistics(predictions, references))
-
-
 __all__ = [
     "MULTI_REFERENCE_KEYS",
     "ItemStatistics",
     "coco_tokens",
     "item_statistics",
     "mteval_tokens",
-    "multi_reference_metrics",
     "scores_from_statistics",
 ]
