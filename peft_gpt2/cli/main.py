@@ -12,7 +12,6 @@ exits 2, without a traceback. Library warnings that say nothing to our user are 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from peft_gpt2.cli.flags import _add_generation_args, _add_trust_args, generation_flags, named_adapters, unknown_command
@@ -96,36 +95,16 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    import platform
     import shlex
-    import time
     from pathlib import Path
 
-    from peft_gpt2.evaluation.compare import compare
-    from peft_gpt2.inference.settings import describe_decoding
-    from peft_gpt2.reporting.reports import terminal_table, write_report
+    from peft_gpt2.reporting.compare_report import compare_and_report
 
     settings = _settings(args, args.runs)
     _quiet_loading_bars()
-    out = Path(args.out)
-    rows = compare(
-        args.runs,
-        data=args.data or None,
-        base=args.base,
-        task=args.task,
-        limit=args.limit,
-        settings=settings,
-        answers_dir=out / f"{args.name}.answers",
-        reference=args.reference,
-    )
-    meta = {
-        "command": "peft-gpt2 " + shlex.join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "decoding": describe_decoding(settings),
-    }
-    paths = write_report(rows, out, args.name, meta=meta)
-    print(terminal_table(rows))
+    origin = {"command": "peft-gpt2 " + shlex.join(sys.argv[1:])}
+    options = dict(data=args.data or None, base=args.base, task=args.task, limit=args.limit, reference=args.reference)
+    paths = compare_and_report(args.runs, Path(args.out), args.name, settings, origin, **options)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -158,29 +158,8 @@ def decoding(spec: dict):
 
 
 def _compare(spec: dict) -> None:
-    import os
-    import platform
-    import time
+    from peft_gpt2.reporting.compare_report import compare_and_report
 
-    from peft_gpt2.evaluation.compare import compare
-    from peft_gpt2.inference.settings import describe_decoding
-    from peft_gpt2.reporting.reports import terminal_table, write_report
-
-    settings = decoding(spec)
-    out = Path("reports")
-    rows = compare(
-        list(spec["runs"]),
-        data=list(spec.get("data") or []) or None,
-        base=spec.get("base"),
-        limit=spec.get("limit"),
-        settings=settings,
-        answers_dir=out / f"{spec['name']}.answers",
-    )
-    meta = {
-        "pipeline stage": spec["name"],
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "decoding": describe_decoding(settings),
-    }
-    write_report(rows, out, spec["name"], meta=meta)
-    print(terminal_table(rows))
+    options = dict(data=list(spec.get("data") or []) or None, base=spec.get("base"), limit=spec.get("limit"))
+    origin = {"pipeline stage": spec["name"]}
+    compare_and_report(list(spec["runs"]), Path("reports"), spec["name"], decoding(spec), origin, **options)
