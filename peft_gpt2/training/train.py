@@ -1,10 +1,11 @@
-"""Train a base model by full fine-tuning, LoRA or LoRA over an 8-bit base, from one recipe.
+"""Train a base model from one recipe: a full fine-tune, or a PEFT method (LoRA and its variants, IA3, VeRA, prefix
+or prompt tuning) over a full-precision, 8-bit or 4-bit base.
 
     peft-gpt2 train recipes/quickstart.yaml --set train.max_steps=20
 
-Reads top to bottom: check recipe and data -> load model -> trainer -> train -> save. Loss is on the
-completion only (TRL's prompt-completion format); the adapter folder is written to a temporary
-folder and renamed into place, so a crash never leaves one that looks complete.
+Reads top to bottom: check recipe and data -> load model -> trainer -> train -> save (``save.py``). Loss is on the
+completion only (TRL's prompt-completion format); the run folder is written to a temporary folder and renamed
+into place, so a crash never leaves one that looks complete.
 """
 
 from __future__ import annotations
