@@ -2,7 +2,8 @@
 its items', and on which data it exists. Everything that lists metrics reads it: evaluation's per-item scoring and
 set values, the bootstrap (`peft_gpt2.evaluation.uncertainty`), compare's rows, the report's columns and the charts.
 
-Adding a metric is a row here, plus its per-item statistic (`per_item`) if it is computed from each item's text.
+Adding a metric is a row here, plus, if it is computed from each item's text, its per-item statistic in `per_item`
+(and for a corpus statistic the function of their sums, as `corpus_bleu`).
 A set's value is always a function of sums over its items, so a bootstrap resample is scored the same way as the
 whole set without scoring any text again:
 
