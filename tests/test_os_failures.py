@@ -148,7 +148,7 @@ def test_a_bug_is_still_a_traceback(monkeypatch, tmp_path):
     def bug(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("peft_gpt2.cli.main._train", bug)
+    monkeypatch.setattr("peft_gpt2.cli.commands.train", bug)
     with pytest.raises(KeyError):
         main(["train", str(tmp_path / "r.yaml")])
 

@@ -22,7 +22,8 @@ from peft_gpt2.data.conversations import (
     validate_conversations,
     with_chat_template,
 )
-from peft_gpt2.inference.generation import GenerationSettings, generate
+from peft_gpt2.inference.generation import generate
+from peft_gpt2.inference.settings import GenerationSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
