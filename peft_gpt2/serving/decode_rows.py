@@ -1,8 +1,10 @@
 """One request row during step-wise decoding: choosing its next token, noticing it is done, and its streamed text.
 
 Kept apart from the engine's loop (``stepping``) because this is per-row arithmetic with no threads or batches.
-Every row carries its own settings, so rows with different temperatures, stop strings and seeds share a step: a
-seeded row draws from its own ``torch.Generator``, so what it samples does not depend on its batch-mates.
+Every row carries its own settings, so rows with different temperatures, stop strings and seeds share a step. Its
+scores are its logits through transformers' logits processors for its settings (``sampling``: what ``generate``
+applies in batch mode); a seeded row draws from its own ``torch.Generator``, so what it samples does not depend on
+its batch-mates.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from peft_gpt2.inference.generation import Completion, TokenLogprob, completion_
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedTokenizerBase
+    from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
     from peft_gpt2.serving.batching import Job
 
@@ -27,6 +29,7 @@ class Row:
     index: int
     ids: list[int]
     eos_ids: set[int]
+    processors: LogitsProcessorList | None = None  # ``sampling.logits_processors`` for the job's settings
     generated: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     generator: torch.Generator | None = None
@@ -40,21 +43,16 @@ class Row:
         return self.generated[-1]
 
     def choose(self, logits: torch.Tensor) -> int:
-        """The next token from this row's logits ``[vocab]``: argmax, or a sample after temperature, top-k, top-p."""
+        """The next token from this row's logits ``[vocab]``: the processors' scores' argmax, or a sample of them."""
         import torch
 
-        s = self.job.settings
-        if not s.do_sample:
-            return int(logits.argmax())
-        x = logits.float() / s.temperature
-        if 0 < s.top_k < x.shape[-1]:
-            x = x.masked_fill(x < x.topk(s.top_k).values[-1], float("-inf"))
-        if s.top_p < 1:
-            ordered, order = x.sort(descending=True)
-            probs = ordered.softmax(-1)
-            outside = probs.cumsum(-1) - probs >= s.top_p  # the mass before a token already reaches top_p
-            x = x.scatter(0, order, ordered.masked_fill(outside, float("-inf")))
-        return int(torch.multinomial(x.softmax(-1), 1, generator=self.generator))
+        scores = logits.float()[None]
+        if self.processors:  # temperature, top-k, top-p...: each needs the row's ids so far, as in ``generate``
+            ids = torch.tensor([self.ids + self.generated], device=scores.device)
+            scores = self.processors(ids, scores)
+        if not self.job.settings.do_sample:
+            return int(scores.argmax())
+        return int(torch.multinomial(scores[0].softmax(-1), 1, generator=self.generator))
 
     def accept(self, token: int, logprob: TokenLogprob | None, tokenizer: PreTrainedTokenizerBase) -> None:
         """Append ``token``; mark the row done at eos or an end-of-turn token, a stop string or ``max_tokens``."""

@@ -27,6 +27,7 @@ from peft_gpt2.serving.batching import ApiError, Engine, Job, shutting_down
 from peft_gpt2.serving.decode_rows import Row
 from peft_gpt2.serving.kv_cache import Batch
 from peft_gpt2.serving.metrics import NO_METRICS
+from peft_gpt2.serving.sampling import logits_processors
 
 if TYPE_CHECKING:
     import torch
@@ -154,7 +155,7 @@ class StepEngine(Engine):
         """One left-padded forward over the jobs' prompts; each row's first token chosen from its last logits."""
         import torch
 
-        rows = [self._row(job, i, ids) for job in jobs for i, ids in enumerate(job.ids)]
+        rows = [row for job in jobs for row in self._rows(job)]
         width = max(len(r.ids) for r in rows)
         pad = self.set.tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in rows])
@@ -171,13 +172,16 @@ class StepEngine(Engine):
                 self._accept(row, logits[k, -1])
         return rows, batch
 
-    def _row(self, job: Job, index: int, ids: list[int]) -> Row:
-        import torch
-
-        eos_ids = set(end_ids(self.set.model, self.set.tokenizer, job.settings))
-        seed = job.settings.seed
-        generator = torch.Generator().manual_seed(seed + index) if seed is not None and job.settings.do_sample else None
-        return Row(job, index, list(ids), eos_ids, generator=generator)
+    def _rows(self, job: Job) -> list[Row]:
+        """``job``'s rows, each with its prompt ids, the job's logits processors and, if seeded, its own generator."""
+        eos = end_ids(self.set.model, self.set.tokenizer, job.settings)
+        pad = self.set.tokenizer.pad_token_id
+        processors = logits_processors(job.settings, eos, eos[0] if pad is None else pad)
+        seed = job.settings.seed if job.settings.do_sample else None
+        rows = [Row(job, i, list(ids), set(eos), processors) for i, ids in enumerate(job.ids)]
+        for row in rows if seed is not None else []:
+            row.generator = _generator(seed + row.index, self.set.model.device)
+        return rows
 
     def _forward(self, rows: list[Row], ids, mask, positions, cache, keep: int) -> tuple[torch.Tensor, object]:
         import torch
@@ -269,6 +273,13 @@ class StepEngine(Engine):
 
 
 _WAKE = Job([], AdapterRef(), None, (), 0)  # type: ignore[arg-type]  # put in the queue to wake an idle loop
+
+
+def _generator(seed: int, device) -> torch.Generator:
+    """A row's own random numbers, on the device its scores are on."""
+    import torch
+
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:

@@ -146,3 +146,47 @@ def test_methods_peft_cannot_route_per_row_step_in_their_own_batches(tmp_path, t
     want = [m.generate([p], adapters=[a], settings=settings, raw=True)[0] for a, p in cases]
     assert [c.text for c in got] == [c.text for c in want]
     assert len({c.text for c in want[::2]}) == 3  # each adapter changes the answer
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        GenerationSettings(stop=[]),
+        GenerationSettings(do_sample=True, temperature=1.5, top_k=0, top_p=0.9, stop=[]),
+        GenerationSettings(do_sample=True, temperature=0.7, top_k=5, top_p=0.5, stop=[]),
+        GenerationSettings(repetition_penalty=1.3, no_repeat_ngram_size=2, stop=[]),
+    ],
+)
+def test_step_rows_score_with_the_processors_generate_uses(adapter_set, settings):
+    """Step mode's logits processors are the ones ``generate`` builds for the same settings (batch mode): same
+    classes, in the same order, with the same parameters, turning the same logits into the same scores."""
+    from peft_gpt2.serving.sampling import logits_processors
+
+    eos, pad = [50256], 50256
+    ours = logits_processors(settings, eos, pad)
+    theirs = adapter_set.model._get_logits_processor(settings.generation_config(eos, pad), input_ids_seq_length=4)
+
+    def described(processors):
+        return [(type(p), {k: v for k, v in vars(p).items() if not torch.is_tensor(v)}) for p in processors]
+
+    assert described(ours) == described(theirs)
+    ids, logits = torch.tensor([[11, 12, 11, 13]]), torch.randn(1, 50257, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ours(ids, logits.clone()), theirs(ids, logits.clone()))
+
+
+def test_a_seeded_sample_does_not_depend_on_its_batch_mates(adapter_set):
+    seeded = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=0, seed=7, stop=[])
+    engine = StepEngine(adapter_set, max_batch=8, wait_s=0.05, max_queue=16)
+    try:
+        alone = job(adapter_set, [PROMPTS[2]], "A", seeded)
+        engine.submit(alone)
+        want = alone.future.result(timeout=60)[0]
+        mates = [job(adapter_set, [p], a, replace(seeded, seed=None)) for a, p in (("B", PROMPTS[0]), (None, "The"))]
+        again = job(adapter_set, [PROMPTS[2]], "A", seeded)
+        for j in [mates[0], again, mates[1]]:
+            engine.submit(j)
+        got = again.future.result(timeout=60)[0]
+        [m.future.result(timeout=60) for m in mates]
+    finally:
+        engine.close()
+    assert (got.text, got.tokens) == (want.text, want.tokens)
