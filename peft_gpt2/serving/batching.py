@@ -15,17 +15,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from peft_gpt2.inference.generation import Completion
-from peft_gpt2.inference.settings import GenerationSettings
+from peft_gpt2.serving.jobs import Job
 from peft_gpt2.serving.metrics import NO_METRICS
 
 if TYPE_CHECKING:
     from peft_gpt2.adapters.adapter_set import AdapterSet
-    from peft_gpt2.serving.adapter_ref import AdapterRef
+    from peft_gpt2.inference.settings import GenerationSettings
     from peft_gpt2.serving.metrics import ServerMetrics
 
 
@@ -51,34 +49,6 @@ class ApiError(Exception):
 
 def shutting_down() -> ApiError:
     return ApiError(503, "the server is shutting down", kind="server_error")
-
-
-@dataclass(eq=False)
-class Job:
-    """One request: its rows, and the future its handler awaits (one ``Completion`` per prompt).
-
-    ``prompts`` are texts, or token ids (step mode only, as are ``logprobs``, ``echo`` and ``on_text``). A streaming
-    handler passes ``on_text(index, text)``, called from the engine's thread with each row's new text (the rest, and
-    the finish reason, come with the result), and sets ``cancelled`` when its client goes away.
-    """
-
-    prompts: list[str] | list[list[int]]
-    adapter: AdapterRef  # resolved once, at admission
-    settings: GenerationSettings
-    key: tuple  # requests with equal keys may share a generate call
-    limit: int  # prompt tokens allowed
-    future: concurrent.futures.Future[list[Completion]] = field(default_factory=concurrent.futures.Future)
-    prompt_tokens: int = 0
-    logprobs: int | None = None  # top log-probabilities per token
-    echo: bool = False  # answer with the prompt (and its log-probabilities) first
-    on_text: Callable[[int, str], None] | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    score_only: bool = False  # echo with max_tokens 0: the prompt's log-probabilities, nothing generated
-    model: str = ""  # the name the client asked for, for metrics
-    created: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
-    ids: list[list[int]] = field(default_factory=list)  # the prompts' token ids, once checked
-    results: list[Completion | None] = field(default_factory=list)
 
 
 class Engine:
@@ -158,8 +128,8 @@ class Engine:
 
     def _next_group(self, waiting: deque[Job]) -> list[Job]:
         """The oldest job and those with its key, up to ``max_batch`` rows, after waiting up to ``wait_s`` for more."""
-        job, deadline = waiting[0], time.monotonic() + self.wait_s
-        while sum(len(j.prompts) for j in waiting if j.key == job.key) < self.max_batch:
+        key, deadline = _key(waiting[0]), time.monotonic() + self.wait_s
+        while sum(j.rows for j in waiting if _key(j) == key) < self.max_batch:
             try:  # a timeout of 0 still takes what is already queued
                 more = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
@@ -170,9 +140,9 @@ class Engine:
             waiting.append(more)
         group, rows = [], 0
         for other in waiting:
-            if other.key == job.key and (not group or rows + len(other.prompts) <= self.max_batch):
+            if _key(other) == key and (not group or rows + other.rows <= self.max_batch):
                 group.append(other)
-                rows += len(other.prompts)
+                rows += other.rows
         return group
 
     def run(self, jobs: list[Job]) -> None:
@@ -190,30 +160,30 @@ class Engine:
     def _fits(self, job: Job) -> bool:
         """Whether ``job``'s prompts (token ids as sent, or tokenized here) fit its limit; sets ``job.ids``. If not,
         or if the tokenizer refuses them, the job fails alone: its batch-mates still run."""
+        request = job.request
         try:
-            text = bool(job.prompts) and isinstance(job.prompts[0], str)
-            ids = self.set.tokenizer(job.prompts)["input_ids"] if text else job.prompts
+            ids = self.set.tokenizer(list(request.prompts))["input_ids"] if request.text else request.prompts
         except Exception as err:  # its text, not the batch, is at fault
             message = f"the tokenizer cannot take this prompt: {type(err).__name__}: {err}"
             job.future.set_exception(ApiError(400, message, param="prompt"))
             return False
         lengths = [len(i) for i in ids]
-        job.prompt_tokens, job.ids = sum(lengths), ids
+        job.prompt_tokens, job.ids, limit = sum(lengths), [list(i) for i in ids], request.limit
         if min(lengths) == 0:
             job.future.set_exception(ApiError(400, "empty prompt", param="prompt"))
-        elif max(lengths) > job.limit:
-            message = f"a prompt of {max(lengths)} tokens is over this server's limit of {job.limit} prompt tokens"
+        elif max(lengths) > limit:
+            message = f"a prompt of {max(lengths)} tokens is over this server's limit of {limit} prompt tokens"
             job.future.set_exception(ApiError(400, message, param="prompt", code="context_length_exceeded"))
-        return 0 < min(lengths) <= max(lengths) <= job.limit
+        return 0 < min(lengths) <= max(lengths) <= limit
 
     def _generate(self, jobs: list[Job]) -> None:
         """One generate call for all ``jobs``; if it fails, each again alone, so one bad request fails alone."""
         if not jobs:
             return
-        prompts = [p for j in jobs for p in j.prompts]
-        rows = [j.adapter.name for j in jobs for _ in j.prompts]
+        prompts = [p for j in jobs for p in j.request.prompts]
+        rows = [j.request.adapter.name for j in jobs for _ in j.request.prompts]
         try:
-            settings = replace(jobs[0].settings, batch_size=len(prompts))
+            settings = replace(jobs[0].request.settings, batch_size=len(prompts))
             done = self.set.generate(prompts, adapters=rows, settings=settings, raw=True)
         except Exception as err:
             if len(jobs) == 1:
@@ -223,5 +193,12 @@ class Engine:
                     self._generate([job])
             return
         for job in jobs:
-            job.future.set_result(done[: len(job.prompts)])
-            done = done[len(job.prompts) :]
+            job.future.set_result(done[: job.rows])
+            done = done[job.rows :]
+
+
+def _key(job: Job) -> GenerationSettings | Job:
+    """Jobs with equal keys may share a ``generate`` call: equal settings, whatever the batch size; a seeded job
+    is its own key, since ``generate`` seeds once per call and a seeded sample must not depend on its batch-mates."""
+    settings = job.request.settings
+    return job if settings.seed is not None else replace(settings, batch_size=1)

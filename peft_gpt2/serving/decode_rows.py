@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
-    from peft_gpt2.serving.batching import Job
+    from peft_gpt2.inference.settings import GenerationSettings
+    from peft_gpt2.serving.jobs import Job
 
 
 @dataclass(eq=False)
@@ -38,6 +39,10 @@ class Row:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # echo: the prompt's, first token None
 
     @property
+    def settings(self) -> GenerationSettings:
+        return self.job.request.settings
+
+    @property
     def pending(self) -> int:
         """The token the next step feeds: the newest one generated."""
         return self.generated[-1]
@@ -50,7 +55,7 @@ class Row:
         if self.processors:  # temperature, top-k, top-p...: each needs the row's ids so far, as in ``generate``
             ids = torch.tensor([self.ids + self.generated], device=scores.device)
             scores = self.processors(ids, scores)
-        if not self.job.settings.do_sample:
+        if not self.settings.do_sample:
             return int(scores.argmax())
         return int(torch.multinomial(scores[0].softmax(-1), 1, generator=self.generator))
 
@@ -59,7 +64,7 @@ class Row:
         self.generated.append(token)
         if logprob is not None:
             self.logprobs.append(logprob)
-        s = self.job.settings
+        s = self.settings
         if token in self.eos_ids or len(self.generated) >= s.max_new_tokens:
             self.done = True
         elif s.stop:  # a stop string new at this step ends in the newest token: decode that many bytes' tokens
@@ -68,7 +73,7 @@ class Row:
 
     def completion(self, tokenizer: PreTrainedTokenizerBase) -> Completion:
         """The finished row, as ``generate`` would have answered it (text cut at a stop string and stripped)."""
-        done = completion_of(self.generated, self.eos_ids, tokenizer, self.job.settings)
+        done = completion_of(self.generated, self.eos_ids, tokenizer, self.settings)
         kept = self.logprobs[: done.tokens]  # not an ending eos, as in the text
         return Completion(done.text, done.tokens, done.finish_reason, tuple(self.prompt_logprobs + kept))
 
@@ -79,8 +84,8 @@ class Row:
         stop string, and an incomplete UTF-8 character (decoded as U+FFFD). The rest comes with the final answer.
         """
         raw = tokenizer.decode(self.generated, skip_special_tokens=True).rstrip("\ufffd")
-        hold = max((n for s in self.job.settings.stop for n in range(1, len(s)) if raw.endswith(s[:n])), default=0)
-        text = cut_at_stop(raw[: len(raw) - hold], self.job.settings.stop)
+        hold = max((n for s in self.settings.stop for n in range(1, len(s)) if raw.endswith(s[:n])), default=0)
+        text = cut_at_stop(raw[: len(raw) - hold], self.settings.stop)
         if not text.startswith(self.sent):  # a decoder that revised earlier text: wait for the final answer
             return ""
         new, self.sent = text[len(self.sent) :], text

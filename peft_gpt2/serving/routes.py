@@ -1,5 +1,6 @@
 """The server's endpoints: OpenAI's completions and chat (whole or streamed), models, health, metrics, and vLLM's
-runtime adapter loading. ``Served`` turns a checked body into an engine ``Job``; ``openai_responses`` shapes answers.
+runtime adapter loading. ``Served`` turns a checked body into a ``jobs.Request`` (what the client asked, its adapter
+resolved once) and runs it as an engine ``Job``; ``protocol_responses`` shapes answers.
 
 Streaming: the handler waits for the first text (or an error, answered as a plain 4xx/5xx, since no byte was
 sent yet), then sends server-sent events; when the client goes away the job is cancelled and its row leaves the
@@ -15,7 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
+from fastapi import Request as HttpRequest
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -26,7 +28,8 @@ from peft_gpt2.inference.generation import Completion
 from peft_gpt2.inference.settings import MIN_TEMPERATURE, GenerationSettings
 from peft_gpt2.serving import protocol_responses as wire
 from peft_gpt2.serving.adapter_ref import AdapterRef
-from peft_gpt2.serving.batching import ApiError, Engine, Job
+from peft_gpt2.serving.batching import ApiError, Engine
+from peft_gpt2.serving.jobs import Job, Request
 from peft_gpt2.serving.metrics import ServerMetrics
 from peft_gpt2.serving.protocol_requests import ChatRequest, CompletionRequest, Sampling, Text
 from peft_gpt2.serving.runtime_adapters import RuntimeAdapters
@@ -51,8 +54,11 @@ class Served:
     def names(self) -> list[str]:
         return self.runtime.names
 
-    def job(self, body: Sampling, adapter: AdapterRef, prompts: list, max_tokens: int, stop: list[str], **kw) -> Job:
-        """A job for the engine; greedy below ``MIN_TEMPERATURE`` (sampling there overflows into NaN), as vLLM."""
+    def request(
+        self, body: Sampling, adapter: AdapterRef, prompts: list, max_tokens: int, stop: list[str], **kw
+    ) -> Request:
+        """What the client asked, checked; greedy below ``MIN_TEMPERATURE`` (sampling there overflows into NaN), as
+        vLLM."""
         if max_tokens > self.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} must be between 1 and {self.max_tokens}", "max_tokens")
         if not 1 <= len(prompts) <= self.max_batch:
@@ -63,13 +69,11 @@ class Served:
         settings = GenerationSettings(
             max_new_tokens=max(max_tokens, 1), do_sample=sample, top_k=0, stop=stop, stop_token_ids=stop_ids, **sampling
         )
-        key = (settings.max_new_tokens, sample, settings.temperature, settings.top_p, tuple(stop), tuple(stop_ids))
-        if settings.seed is not None:  # batch mode: a seeded sample must not depend on who shares its batch
-            key += (settings.seed, object())
         limit = min(self.max_prompt_tokens or self.positions, self.positions - max(max_tokens, 1))
-        return Job(prompts, adapter, settings, key, limit, model=body.model, score_only=max_tokens == 0, **kw)
+        prompts = tuple(p if isinstance(p, str) else tuple(p) for p in prompts)
+        return Request(prompts, adapter, settings, limit, model=body.model, score_only=max_tokens == 0, **kw)
 
-    def completion_job(self, body: CompletionRequest) -> Job:
+    def completion_request(self, body: CompletionRequest) -> Request:
         prompts, stop = body.prompt, body.stop
         fancy = body.echo or body.logprobs is not None or (prompts and not isinstance(prompts[0], str))
         if fancy and self.engine.mode != "step":
@@ -85,9 +89,9 @@ class Served:
         elif body.template:
             template = self.adapter_set.template_for(adapter.name)
             prompts, stop = [template.prompt(p) for p in prompts], stop or list(template.stop)
-        return self.job(body, adapter, prompts, body.max_tokens, stop, echo=body.echo, logprobs=body.logprobs)
+        return self.request(body, adapter, prompts, body.max_tokens, stop, echo=body.echo, logprobs=body.logprobs)
 
-    def chat_job(self, body: ChatRequest) -> Job:
+    def chat_request(self, body: ChatRequest) -> Request:
         adapter = self.runtime.resolve(body.model)
         try:
             rendered = chat_prompt(self.adapter_set, adapter.name, check_messages(body.messages))
@@ -98,13 +102,10 @@ class Served:
             raise ApiError(400, "logprobs need the server's default mode, step", "logprobs")
         stop = [*body.stop, *(s for s in rendered.stop if s not in body.stop)]
         ends = rendered.stop_token_ids
-        return self.job(body, adapter, [rendered.text], body.tokens, stop, stop_token_ids=ends, logprobs=logprobs)
+        return self.request(body, adapter, [rendered.text], body.tokens, stop, stop_token_ids=ends, logprobs=logprobs)
 
-    async def run(self, job: Job, stream: asyncio.Queue | None = None) -> list[Completion]:
+    async def run(self, job: Job) -> list[Completion]:
         """Submit ``job`` and wait for its answer; a request abandoned meanwhile cancels its job."""
-        if stream is not None:
-            loop = asyncio.get_running_loop()
-            job.on_text = lambda index, text: loop.call_soon_threadsafe(stream.put_nowait, (index, text))
         try:
             self.engine.submit(job)
             return await asyncio.wrap_future(job.future)
@@ -120,10 +121,10 @@ class Served:
             elif job.first_token_at is not None and not job.future.cancelled() and job.future.exception() is None:
                 done = job.future.result()
                 seconds = time.monotonic() - job.first_token_at
-                self.metrics.finished(job.model, job.prompt_tokens, sum(c.tokens for c in done), seconds)
+                self.metrics.finished(job.request.model, job.prompt_tokens, sum(c.tokens for c in done), seconds)
 
 
-def served(request: Request) -> Served:
+def served(request: HttpRequest) -> Served:
     request.state.model = "unknown"
     return request.app.state.served
 
@@ -150,11 +151,12 @@ async def metrics(s: Server) -> Response:
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, s: Server, request: Request):
-    request.state.model = body.model if body.model in s.names else "unknown"
-    job = s.completion_job(body)
+async def completions(body: CompletionRequest, s: Server, http: HttpRequest):
+    http.state.model = body.model if body.model in s.names else "unknown"
+    request = s.completion_request(body)
     if body.stream:
-        return await _stream(s, job, "text", body)
+        return await _stream(s, request, "text", body)
+    job = Job(request)
     done = await s.run(job)
     scored = body.echo or body.logprobs is not None
     extra = {i: _echoed(s, job, i, c, body) for i, c in enumerate(done)} if scored else {}
@@ -163,27 +165,30 @@ async def completions(body: CompletionRequest, s: Server, request: Request):
 
 def _echoed(s: Served, job: Job, index: int, done: Completion, body: CompletionRequest) -> dict:
     tokenizer = s.adapter_set.tokenizer
-    prompt = job.prompts[index] if isinstance(job.prompts[index], str) else tokenizer.decode(job.ids[index])
+    prompt = job.request.prompts[index] if job.request.text else tokenizer.decode(job.ids[index])
     entries = done.logprobs if body.echo else done.logprobs[len(job.ids[index]) :] if done.logprobs else ()
     out = {"text": prompt + done.text} if body.echo else {}
     return out | ({"logprobs": wire.completion_logprobs(entries, tokenizer)} if body.logprobs is not None else {})
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatRequest, s: Server, request: Request):
-    request.state.model = body.model if body.model in s.names else "unknown"
-    job = s.chat_job(body)
+async def chat_completions(body: ChatRequest, s: Server, http: HttpRequest):
+    http.state.model = body.model if body.model in s.names else "unknown"
+    request = s.chat_request(body)
     if body.stream:
-        return await _stream(s, job, "chat", body)
+        return await _stream(s, request, "chat", body)
+    job = Job(request)
     done = (await s.run(job))[0]
     logprobs = wire.chat_logprobs(done.logprobs, s.adapter_set.tokenizer) if body.logprobs else None
     return wire.chat_body(wire.new_id("chat"), body.model, done, job.prompt_tokens, logprobs)
 
 
-async def _stream(s: Served, job: Job, kind: str, body: Sampling) -> StreamingResponse:
+async def _stream(s: Served, request: Request, kind: str, body: Sampling) -> StreamingResponse:
     """Wait for the first text or the answer (errors are raised from here, before any byte is sent); then stream."""
     texts: asyncio.Queue = asyncio.Queue()
-    answer = asyncio.ensure_future(s.run(job, texts))
+    loop = asyncio.get_running_loop()
+    job = Job(request, on_text=lambda index, text: loop.call_soon_threadsafe(texts.put_nowait, (index, text)))
+    answer = asyncio.ensure_future(s.run(job))
     first = asyncio.ensure_future(texts.get())
     await asyncio.wait([answer, first], return_when=asyncio.FIRST_COMPLETED)
     if answer.done() and answer.exception() is not None:
@@ -193,7 +198,7 @@ async def _stream(s: Served, job: Job, kind: str, body: Sampling) -> StreamingRe
 
 
 async def _events(s: Served, job: Job, kind: str, body: Sampling, answer, first, texts) -> AsyncIterator[str]:
-    answer_id, model, sent = wire.new_id(kind), body.model, [""] * len(job.prompts)
+    answer_id, model, sent = wire.new_id(kind), body.model, [""] * job.rows
     try:
         if kind == "chat":
             yield wire.chunk(answer_id, kind, model, 0, None)

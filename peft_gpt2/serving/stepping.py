@@ -22,9 +22,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from peft_gpt2.inference.generation import TokenLogprob, end_ids
-from peft_gpt2.serving.adapter_ref import AdapterRef
-from peft_gpt2.serving.batching import ApiError, Engine, Job, shutting_down
+from peft_gpt2.serving.batching import ApiError, Engine, shutting_down
 from peft_gpt2.serving.decode_rows import Row
+from peft_gpt2.serving.jobs import Job
 from peft_gpt2.serving.kv_cache import Batch
 from peft_gpt2.serving.metrics import NO_METRICS
 from peft_gpt2.serving.sampling import logits_processors
@@ -102,24 +102,24 @@ class StepEngine(Engine):
             if job is None or job is _WAKE:
                 return
             waiting.append(job)
-            block = block and sum(len(j.prompts) for j in waiting) < self.max_batch
+            block = block and sum(j.rows for j in waiting) < self.max_batch
 
     def _admit(self, waiting: deque[Job], rows: list[Row]) -> list[Job]:
         """Take waiting jobs in arrival order while they share the running rows' group and fit in ``max_batch``.
 
         A job that does not is left at the head of the line, so the batch drains until it fits: nobody starves.
         """
-        group = rows[0].job.adapter.group if rows else None
+        group = rows[0].job.request.adapter.group if rows else None
         free, taken = self.max_batch - len(rows), []
         while waiting:
-            job, ref = waiting[0], waiting[0].adapter
+            job, ref = waiting[0], waiting[0].request.adapter
             if ref.name is not None and (ref.name in self.retiring or ref.name not in self.set.names):
                 waiting.popleft()
                 if job.future.set_running_or_notify_cancel():
                     job.future.set_exception(ApiError(404, f"adapter {ref.name!r} was unloaded", "model"))
                 continue
             busy = bool(rows or taken)
-            if busy and (ref.group != group or len(job.prompts) > free or ref.whole):
+            if busy and (ref.group != group or job.rows > free or ref.whole):
                 break
             waiting.popleft()
             if ref.whole:
@@ -127,7 +127,7 @@ class StepEngine(Engine):
                     self.run([job])  # ``Engine.run``: one generate call, as in batch mode
                 continue
             if job.future.set_running_or_notify_cancel():  # else abandoned while it waited
-                group, free = ref.group, free - len(job.prompts)
+                group, free = ref.group, free - job.rows
                 taken.append(job)
         return taken
 
@@ -135,9 +135,9 @@ class StepEngine(Engine):
         """Tokenize and prefill ``jobs``: together, or each alone if that fails (so a bad one fails alone). Echo
         jobs need every position's logits, so they go alone."""
         ready = [j for j in jobs if self._fits(j)]
-        plain = [j for j in ready if not j.echo]
+        plain = [j for j in ready if not j.request.echo]
         out = []
-        for group in ([plain] if plain else []) + [[j] for j in ready if j.echo]:
+        for group in ([plain] if plain else []) + [[j] for j in ready if j.request.echo]:
             try:
                 out.append(self._prefill_group(group))
             except Exception as err:
@@ -161,12 +161,12 @@ class StepEngine(Engine):
         ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in rows])
         mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        echo = jobs[0].echo
+        echo = jobs[0].request.echo
         logits, cache = self._forward(rows, ids, mask, positions, None, keep=0 if echo else 1)
         batch = Batch(cache, mask.to(logits.device), mask.sum(-1).to(logits.device))
         for k, row in enumerate(rows):
-            row.prompt_logprobs = _prompt_logprobs(row.ids, logits[k], row.job.logprobs) if echo else []
-            if row.job.score_only:
+            row.prompt_logprobs = _prompt_logprobs(row.ids, logits[k], row.job.request.logprobs) if echo else []
+            if row.job.request.score_only:
                 row.done = True
             else:
                 self._accept(row, logits[k, -1])
@@ -174,10 +174,11 @@ class StepEngine(Engine):
 
     def _rows(self, job: Job) -> list[Row]:
         """``job``'s rows, each with its prompt ids, the job's logits processors and, if seeded, its own generator."""
-        eos = end_ids(self.set.model, self.set.tokenizer, job.settings)
+        settings = job.request.settings
+        eos = end_ids(self.set.model, self.set.tokenizer, settings)
         pad = self.set.tokenizer.pad_token_id
-        processors = logits_processors(job.settings, eos, eos[0] if pad is None else pad)
-        seed = job.settings.seed if job.settings.do_sample else None
+        processors = logits_processors(settings, eos, eos[0] if pad is None else pad)
+        seed = settings.seed if settings.do_sample else None
         rows = [Row(job, i, list(ids), set(eos), processors) for i, ids in enumerate(job.ids)]
         for row in rows if seed is not None else []:
             row.generator = _generator(seed + row.index, self.set.model.device)
@@ -187,7 +188,7 @@ class StepEngine(Engine):
         import torch
 
         device = self.set.model.device
-        with torch.inference_mode(), self.set.routed([r.job.adapter.name for r in rows]) as extra:
+        with torch.inference_mode(), self.set.routed([r.job.request.adapter.name for r in rows]) as extra:
             out = self.set.model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -202,11 +203,12 @@ class StepEngine(Engine):
     def _accept(self, row: Row, logits: torch.Tensor) -> None:
         """Choose and record ``row``'s next token; stream its new text; settle its job when every row is done."""
         token = row.choose(logits)
-        logprob = _token_logprob(logits, token, row.job.logprobs) if row.job.logprobs is not None else None
+        top = row.job.request.logprobs
+        logprob = _token_logprob(logits, token, top) if top is not None else None
         row.accept(token, logprob, self.set.tokenizer)
         if row.job.first_token_at is None:
             row.job.first_token_at = time.monotonic()
-            self.metrics.first_token(row.job.model, row.job.first_token_at - row.job.created)
+            self.metrics.first_token(row.job.request.model, row.job.first_token_at - row.job.created)
         if row.job.cancelled.is_set():
             row.done = True
         if row.job.on_text is not None and not row.done:
@@ -253,7 +255,7 @@ class StepEngine(Engine):
         """Record finished rows; answer a job once all of its rows are done."""
         for row in rows:
             job = row.job
-            job.results = job.results or [None] * len(job.prompts)
+            job.results = job.results or [None] * job.rows
             job.results[row.index] = row.completion(self.set.tokenizer)
             if all(r is not None for r in job.results) and not job.future.done():
                 job.future.set_result(job.results)
@@ -265,14 +267,14 @@ class StepEngine(Engine):
                 job.future.set_exception(err)
 
     def _free_retired(self, rows: list[Row]) -> None:
-        busy = {r.job.adapter.name for r in rows}
+        busy = {r.job.request.adapter.name for r in rows}
         for name in [n for n in self.retiring if n not in busy]:
             if name in self.set.names:
                 self.set.unload(name)
             self.retiring.discard(name)
 
 
-_WAKE = Job([], AdapterRef(), None, (), 0)  # type: ignore[arg-type]  # put in the queue to wake an idle loop
+_WAKE = object()  # put in the queue to wake an idle loop
 
 
 def _generator(seed: int, device) -> torch.Generator:

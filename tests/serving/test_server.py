@@ -356,11 +356,12 @@ def test_the_largest_values_accepted_work(http):
 def test_a_prompt_the_tokenizer_cannot_take_fails_alone(adapter_set, expected):
     """Past validation (a caller of the engine, or text validation misses): its batch-mates get their answers."""
     from peft_gpt2.serving.adapter_ref import AdapterRef
-    from peft_gpt2.serving.batching import ApiError, Engine, Job
+    from peft_gpt2.serving.batching import ApiError, Engine
+    from peft_gpt2.serving.jobs import Job, Request
 
     engine = Engine(adapter_set, "lock", 16, 0, 8)  # lock mode: no worker thread; run() is called here
     a = AdapterRef.of(adapter_set, "A")
-    jobs = [Job([p], a, GREEDY, ("k",), 1000) for p in (PROMPTS[0], "lone \ud800", PROMPTS[1])]
+    jobs = [Job(Request((p,), a, GREEDY, 1000)) for p in (PROMPTS[0], "lone \ud800", PROMPTS[1])]
     engine.run(jobs)
     assert [c.text for c in jobs[0].future.result(0)] == [expected["A", PROMPTS[0]].text]
     assert [c.text for c in jobs[2].future.result(0)] == [expected["A", PROMPTS[1]].text]
@@ -391,7 +392,7 @@ def test_a_panic_in_generate_fails_its_batch_with_500_and_the_worker_lives_on(ad
             in error_of(http.post("/v1/completions", json=body(prompt="PANIC")), 500)["message"]
         )
         assert http.post("/v1/completions", json=body()).status_code == 200
-        monkeypatch.setattr(app.state.served, "completion_job", lambda body: 1 / 0)  # a bug outside the engine
+        monkeypatch.setattr(app.state.served, "completion_request", lambda body: 1 / 0)  # a bug outside the engine
         error = error_of(http.post("/v1/completions", json=body()), 500)
         assert error["type"] == "server_error" and "ZeroDivisionError" in error["message"]
 

@@ -14,7 +14,8 @@ from conftest import train_toy_adapter
 from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.serving.adapter_ref import AdapterRef
-from peft_gpt2.serving.batching import ApiError, Job
+from peft_gpt2.serving.batching import ApiError
+from peft_gpt2.serving.jobs import Job, Request
 from peft_gpt2.serving.stepping import StepEngine
 
 PROMPTS = [
@@ -32,9 +33,10 @@ def adapter_set(tmp_path_factory) -> AdapterSet:
     return AdapterSet.from_paths("tiny-gpt2", paths)
 
 
-def job(adapter_set, prompts, adapter, settings, **kw) -> Job:
+def job(adapter_set, prompts, adapter, settings, on_text=None, **asked) -> Job:
     """A job for ``adapter`` (a name, resolved here as the server's routes resolve it)."""
-    return Job(list(prompts), AdapterRef.of(adapter_set, adapter), settings, (), 1000, **kw)
+    prompts = tuple(p if isinstance(p, str) else tuple(p) for p in prompts)
+    return Job(Request(prompts, AdapterRef.of(adapter_set, adapter), settings, 1000, **asked), on_text=on_text)
 
 
 def test_rows_joining_and_leaving_answer_as_they_would_alone(adapter_set):
@@ -55,7 +57,7 @@ def test_rows_joining_and_leaving_answer_as_they_would_alone(adapter_set):
     finally:
         engine.close()
     for (adapter, prompt, _), j, answer in zip(cases, jobs, got, strict=True):
-        alone = adapter_set.generate([prompt], adapters=[adapter], settings=j.settings, raw=True)[0]
+        alone = adapter_set.generate([prompt], adapters=[adapter], settings=j.request.settings, raw=True)[0]
         assert (answer.text, answer.tokens, answer.finish_reason) == (alone.text, alone.tokens, alone.finish_reason)
 
 
