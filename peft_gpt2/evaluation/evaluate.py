@@ -30,7 +30,7 @@ from peft_gpt2.evaluation.multiple_choice import TASK as CHOICE_TASK
 from peft_gpt2.evaluation.multiple_choice import choice_records, is_choices, score_choices
 from peft_gpt2.evaluation.result import EvalResult
 from peft_gpt2.inference.generation import generate
-from peft_gpt2.inference.scoring import completion_loss
+from peft_gpt2.inference.scoring import TokenLoss, completion_loss
 from peft_gpt2.inference.settings import GenerationSettings
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def evaluate_model(
     loss_time = time.perf_counter() - start
 
     metrics, items = text_scores(records, generated, expected)
-    items.update(nll=loss["nll_per_row"], tokens=loss["tokens_per_row"], correct=loss["correct_per_row"])
+    items.update(nll=loss.nll_per_row, tokens=loss.tokens_per_row, correct=loss.correct_per_row)
     metrics.update(_loss_metrics(loss), examples=len(records), generation_time_s=generation_time)
     metrics.update(loss_time_s=loss_time, mean_answer_words=sum(len(g.split()) for g in generated) / len(generated))
     answers = [
@@ -215,10 +215,10 @@ def answer_records(
     return [c.text for c in generate(model, tokenizer, prompts, settings)]
 
 
-def _loss_metrics(loss: dict) -> dict:
+def _loss_metrics(loss: TokenLoss) -> dict:
     """The teacher-forced pass's share of the metrics (`peft_gpt2.inference.scoring.completion_loss`)."""
     kept = ("perplexity", "token_accuracy", "loss", "truncated", "dropped")
-    return {key: loss[key] for key in kept} | {"completion_tokens": loss["tokens"]}
+    return {key: getattr(loss, key) for key in kept} | {"completion_tokens": loss.tokens}
 
 
 def multi_reference(generated: list[str], references: list[list[str]], items: dict[str, list]) -> dict:

@@ -107,7 +107,7 @@ def choice_loglikelihoods(
             starts.append(len(row) - len(continuation))
             owners.append(i)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    nll = token_loss(model, rows, starts, pad_token_id=pad, batch_size=batch_size)["nll_per_row"]
+    nll = token_loss(model, rows, starts, pad_token_id=pad, batch_size=batch_size).nll_per_row
     out: list[list[float]] = [[] for _ in records]
     for owner, value in zip(owners, nll, strict=True):
         out[owner].append(-value)

@@ -12,6 +12,7 @@ grouped. Training (validation loss) and evaluation both score through here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from peft_gpt2.data.templates import tokenize_pairs
@@ -20,6 +21,34 @@ from peft_gpt2.models.loading import max_positions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class TokenLoss:
+    """Teacher-forced loss over the scored tokens: sums over the set, the same three sums per row (in input order; 0
+    for a dropped row, for bootstrapping over items), and how many rows the length limit cut or dropped."""
+
+    nll_sum: float
+    tokens: int
+    correct: int  # argmax hits
+    nll_per_row: list[float]
+    tokens_per_row: list[int]
+    correct_per_row: list[int]
+    truncated: int = 0
+    dropped: int = 0
+
+    @property
+    def loss(self) -> float:
+        """Mean NLL per scored token: the number a trainer's eval loss is."""
+        return self.nll_sum / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss) if self.loss < 700 else math.inf
+
+    @property
+    def token_accuracy(self) -> float:
+        return self.correct / self.tokens
 
 
 def completion_loss(
@@ -47,10 +76,7 @@ def completion_loss(
             positions). A pair whose prompt alone fills it is dropped, as in training.
 
     Returns:
-        `dict`: ``nll_sum``, ``tokens`` (scored completion + eos tokens), ``correct`` (argmax hits), ``loss``
-        (mean NLL per token), ``perplexity``, ``token_accuracy``, ``truncated`` and ``dropped`` (pair counts), and
-        ``nll_per_row``, ``tokens_per_row``, ``correct_per_row``: the same three sums per pair, in input order (0
-        for a dropped pair), for bootstrapping over items.
+        `TokenLoss`: over the scored completion + eos tokens, with ``truncated`` and ``dropped`` pair counts.
 
     Raises:
         `PeftGpt2Error`: If there are no pairs, none is left to score, or BPE merges a prompt into its completion.
@@ -66,7 +92,7 @@ def completion_loss(
         result = token_loss(model, rows, [0] * len(rows), pad_token_id=pad, batch_size=batch_size, masks=masks)
         cut = [len(r["input_ids"]) > max_length for r in pairs]  # dropped: the cut left none of its masked tokens
         dropped = sum(c and 1 not in m for c, m in zip(cut, masks, strict=True))
-        return {**result, "truncated": sum(cut) - dropped, "dropped": dropped}
+        return replace(result, truncated=sum(cut) - dropped, dropped=dropped)
     kept = tokenize_pairs(pairs, tokenizer, max_length, "truncate", "eval")
     if not kept.pairs:
         raise PeftGpt2Error(f"every prompt fills max_length={max_length}: no completion tokens to score")
@@ -74,12 +100,21 @@ def completion_loss(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result = token_loss(model, rows, [len(p) for p in kept.prompt_ids], pad_token_id=pad, batch_size=batch_size)
     position = {id(pair): i for i, pair in enumerate(pairs)}  # kept pairs back to their input positions
-    for key in ("nll_per_row", "tokens_per_row", "correct_per_row"):
-        values = [0.0 if key == "nll_per_row" else 0] * len(pairs)
-        for pair, value in zip(kept.pairs, result[key], strict=True):
+
+    def placed(per_row: list, empty: float | int) -> list:
+        values = [empty] * len(pairs)
+        for pair, value in zip(kept.pairs, per_row, strict=True):
             values[position[id(pair)]] = value
-        result[key] = values
-    return {**result, "truncated": kept.truncated, "dropped": kept.dropped}
+        return values
+
+    return replace(
+        result,
+        nll_per_row=placed(result.nll_per_row, 0.0),
+        tokens_per_row=placed(result.tokens_per_row, 0),
+        correct_per_row=placed(result.correct_per_row, 0),
+        truncated=kept.truncated,
+        dropped=kept.dropped,
+    )
 
 
 def unscore(labels, starts: list[int], masks: list[list[int]] | None) -> None:
@@ -121,7 +156,7 @@ def token_loss(
     pad_token_id: int,
     batch_size: int = 16,
     masks: list[list[int]] | None = None,
-) -> dict:
+) -> TokenLoss:
     """Summed next-token NLL and argmax hits over the labelled positions of token rows.
 
     Row ``i`` is scored from its token ``starts[i]`` on (0 for plain text: every token after the first; the
@@ -129,9 +164,7 @@ def token_loss(
     assistant tokens). Padding is masked by position, never by token id.
 
     Returns:
-        `dict`: ``nll_sum``, ``tokens``, ``correct``, ``loss`` (mean NLL per token), ``perplexity``,
-        ``token_accuracy``, and ``nll_per_row``, ``tokens_per_row``, ``correct_per_row`` (the three sums per row,
-        in input order; the totals are their sums).
+        `TokenLoss`: the sums, and the three sums per row in input order (the totals are their sums).
     """
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     nll, tokens, correct = 0.0, 0, 0
@@ -156,15 +189,4 @@ def token_loss(
         model.train(was_training)
     if tokens == 0:
         raise PeftGpt2Error("no labelled tokens to score")
-    loss = nll / tokens
-    return {
-        "nll_sum": nll,
-        "tokens": tokens,
-        "correct": correct,
-        "loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else math.inf,
-        "token_accuracy": correct / tokens,
-        "nll_per_row": row_nll,
-        "tokens_per_row": row_tokens,
-        "correct_per_row": row_correct,
-    }
+    return TokenLoss(nll, tokens, correct, row_nll, row_tokens, row_correct)

@@ -75,7 +75,7 @@ def validation_loss(recipe: Recipe, model, tokenizer, rows: list[dict], say, whe
             )
         else:
             result = completion_loss(model, tokenizer, chunk, batch_size=batch_size, max_length=recipe.data.max_length)
-        nll, tokens = nll + result["nll_sum"], tokens + result["tokens"]
+        nll, tokens = nll + result.nll_sum, tokens + result.tokens
         done, seconds = begin + len(chunk), time.perf_counter() - start
         say(
             f"validation loss {when}: "

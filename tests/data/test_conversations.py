@@ -227,14 +227,14 @@ def test_validation_loss_scores_only_assistant_tokens(tiny, tmp_path):
     tokenized = tokenize_conversations(conversations, with_chat_template(tokenizer), "chat.json")
     rows = [{"input_ids": ids, "assistant_masks": mask} for ids, mask in tokenized]
     result = completion_loss(model, tokenizer, rows, batch_size=2)
-    assert result["tokens"] == sum(sum(mask) for _, mask in tokenized)
+    assert result.tokens == sum(sum(mask) for _, mask in tokenized)
     nll = 0.0
     for ids, mask in tokenized:  # one row at a time, no padding: labels -100 off the mask
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
         labels = torch.tensor([t if m else -100 for t, m in zip(ids, mask, strict=True)])[1:]
         nll += F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
-    assert result["nll_sum"] == pytest.approx(nll, rel=1e-4)
+    assert result.nll_sum == pytest.approx(nll, rel=1e-4)
 
 
 def test_trl_builds_labels_from_the_masks_and_training_lowers_the_loss(tmp_path, tiny):

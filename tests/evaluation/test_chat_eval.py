@@ -217,5 +217,5 @@ def test_a_conversation_cut_by_max_length_is_counted(tiny):
         {"input_ids": ids[:6], "assistant_masks": [0, 0, 0, 1, 1, 1]},  # not cut
     ]
     result = completion_loss(model, tokenizer, rows, max_length=7)
-    assert (result["truncated"], result["dropped"]) == (1, 1)
-    assert result["tokens_per_row"] == [0, 3, 3]
+    assert (result.truncated, result.dropped) == (1, 1)
+    assert result.tokens_per_row == [0, 3, 3]

@@ -79,40 +79,40 @@ def test_perplexity_and_accuracy_match_a_hand_computation(positional):
     pairs = [*PAIRS, greedy_pair(model, tokenizer, PAIRS[2]["prompt"])]
     nll, count, hits = by_hand(model, tokenizer, pairs)
     result = completion_loss(model, tokenizer, pairs, batch_size=3)
-    assert result["tokens"] == count
-    assert result["nll_sum"] == pytest.approx(nll, rel=1e-4)
-    assert result["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
-    assert result["loss"] == pytest.approx(nll / count, rel=1e-4)
-    assert result["correct"] == hits
-    assert result["token_accuracy"] == pytest.approx(hits / count)
+    assert result.tokens == count
+    assert result.nll_sum == pytest.approx(nll, rel=1e-4)
+    assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-4)
+    assert result.loss == pytest.approx(nll / count, rel=1e-4)
+    assert result.correct == hits
+    assert result.token_accuracy == pytest.approx(hits / count)
     assert 5 <= hits < count  # the greedy pair's tokens are hits, so accuracy is really checked
-    assert result["truncated"] == result["dropped"] == 0
+    assert result.truncated == result.dropped == 0
 
 
 def test_loss_is_token_weighted_whatever_the_batching(positional):
     model, tokenizer = positional
     results = [completion_loss(model, tokenizer, PAIRS, batch_size=b) for b in (1, 2, 3)]
     for result in results[1:]:
-        assert result["tokens"] == results[0]["tokens"]
-        assert result["correct"] == results[0]["correct"]
-        assert result["perplexity"] == pytest.approx(results[0]["perplexity"], rel=1e-5)
+        assert result.tokens == results[0].tokens
+        assert result.correct == results[0].correct
+        assert result.perplexity == pytest.approx(results[0].perplexity, rel=1e-5)
     # A mean of per-example (batch_size=1) means weights the 1-token answer like the 40-token one: it differs.
-    per_example = [completion_loss(model, tokenizer, [pair])["loss"] for pair in PAIRS]
+    per_example = [completion_loss(model, tokenizer, [pair]).loss for pair in PAIRS]
     naive = sum(per_example) / len(per_example)
-    assert abs(naive - results[0]["loss"]) > 100 * 1e-5 * results[0]["loss"]
+    assert abs(naive - results[0].loss) > 100 * 1e-5 * results[0].loss
 
 
 def test_prompt_and_padding_are_not_counted(positional):
     model, tokenizer = positional
     completion_tokens = [len(tokenizer(p["completion"], add_special_tokens=False)["input_ids"]) for p in PAIRS]
-    assert completion_loss(model, tokenizer, PAIRS)["tokens"] == sum(n + 1 for n in completion_tokens)
+    assert completion_loss(model, tokenizer, PAIRS).tokens == sum(n + 1 for n in completion_tokens)
     short, long = PAIRS[0], PAIRS[1]
     alone = completion_loss(model, tokenizer, [short])
     long_alone = completion_loss(model, tokenizer, [long])
     together = completion_loss(model, tokenizer, [short, long], batch_size=2)  # short is padded by ~40 tokens
-    assert together["tokens"] == alone["tokens"] + long_alone["tokens"]
-    assert together["correct"] == alone["correct"] + long_alone["correct"]
-    assert together["nll_sum"] - long_alone["nll_sum"] == pytest.approx(alone["nll_sum"], rel=1e-4)
+    assert together.tokens == alone.tokens + long_alone.tokens
+    assert together.correct == alone.correct + long_alone.correct
+    assert together.nll_sum - long_alone.nll_sum == pytest.approx(alone.nll_sum, rel=1e-4)
 
 
 def test_final_eos_counts_although_pad_is_eos(positional):
@@ -123,15 +123,15 @@ def test_final_eos_counts_although_pad_is_eos(positional):
     nll, count, _ = by_hand(model, tokenizer, [empty])
     assert count == 1
     long_alone = completion_loss(model, tokenizer, [PAIRS[1]])
-    assert result["tokens"] == long_alone["tokens"] + 1  # its eos counts; the eos padding after it does not
-    assert result["nll_sum"] - long_alone["nll_sum"] == pytest.approx(nll, rel=1e-4)
+    assert result.tokens == long_alone.tokens + 1  # its eos counts; the eos padding after it does not
+    assert result.nll_sum - long_alone.nll_sum == pytest.approx(nll, rel=1e-4)
 
 
 def test_truncation_keeps_the_start_and_counts(positional):
     model, tokenizer = positional
     prompt_len = len(tokenizer(PAIRS[1]["prompt"])["input_ids"])
     result = completion_loss(model, tokenizer, PAIRS[1:2], max_length=prompt_len + 5)
-    assert result["truncated"] == 1 and result["tokens"] == 5
+    assert result.truncated == 1 and result.tokens == 5
     with pytest.raises(PeftGpt2Error, match="max_length"):
         completion_loss(model, tokenizer, PAIRS[1:2], max_length=prompt_len)  # prompt fills it: dropped
 

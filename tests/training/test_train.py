@@ -210,7 +210,7 @@ def test_validation_loss_reports_its_progress_and_equals_one_pass(tmp_path, tiny
     assert len(rows) == 30
     assert [line.split(" (")[0] for line in lines[:3]] == [f"validation loss now: {k} of 30 rows" for k in (8, 16, 24)]
     assert len(lines) == 4 and lines[3].startswith(f"validation loss now: {loss:.4f} on 30 rows (")
-    assert loss == pytest.approx(completion_loss(model, tokenizer, rows, max_length=64)["loss"], rel=1e-6)
+    assert loss == pytest.approx(completion_loss(model, tokenizer, rows, max_length=64).loss, rel=1e-6)
 
 
 def test_lora_parameter_count_matches_formula_on_gpt2_small(tmp_path):
