@@ -31,10 +31,10 @@ client's input. Every dimension a client controls is bounded before it reaches t
 - text (``model``, ``prompt``, ``stop``) must be Unicode a tokenizer takes: a lone surrogate is 400; a prompt the
   tokenizer still refuses fails its own request (400), never the others batched with it.
 
-Requests run on ``stepping.StepEngine`` (``mode="step"``, the default: token by token, rows joining and leaving
-between steps) or, as baselines, ``batching.Engine`` (``mode="batch"``: whole mixed-adapter ``AdapterSet.generate``
-calls; ``mode="lock"``: each request alone). Adapters load and unload at run time through ``runtime_adapters``;
-``GET /metrics`` serves ``serving_metrics``.
+Requests run on ``scheduler.Scheduler``: with ``mode="step"``, the default, token by token (``step_runner``), rows
+joining and leaving between steps; as baselines, ``mode="batch"`` (whole mixed-adapter ``AdapterSet.generate``
+calls, ``whole_runner``) and ``mode="lock"`` (each request alone), which are scheduling policies (``policies``).
+Adapters load and unload at run time through ``runtime_adapters``; ``GET /metrics`` serves ``metrics``.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ try:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    from peft_gpt2.serving.batching import ApiError, Engine  # the engine's metrics need prometheus-client
+    from peft_gpt2.serving.api_errors import ApiError
     from peft_gpt2.serving.metrics import ServerMetrics
     from peft_gpt2.serving.protocol_requests import VALUE_ERRORS  # pydantic, which comes with FastAPI
     from peft_gpt2.serving.routes import Served, router
     from peft_gpt2.serving.runtime_adapters import RuntimeAdapters
-    from peft_gpt2.serving.stepping import StepEngine
+    from peft_gpt2.serving.scheduler import make_engine  # its metrics need prometheus-client
 except ImportError as err:  # the CLI prints this instead of a traceback
     raise PeftGpt2Error(
         f"serving needs FastAPI, uvicorn and prometheus-client: pip install 'peft-gpt2[serve]' ({err})"
@@ -191,9 +191,7 @@ def create_app(
     wait = batch_wait_ms / 1000
     # the gauges read the engine at scrape time, so the metrics come first and the engine gets them to record into
     metrics = ServerMetrics(lambda: engine.queued, lambda: engine.running, lambda: len(adapter_set.names))
-    engine = StepEngine(adapter_set, max_batch, wait, max_queue, metrics) if mode == "step" else Engine(
-        adapter_set, mode, max_batch, wait, max_queue, metrics
-    )
+    engine = make_engine(adapter_set, mode, max_batch=max_batch, wait_s=wait, max_queue=max_queue, metrics=metrics)
     dirs = [Path(d) for d in adapter_dirs or []]
     runtime = RuntimeAdapters(adapter_set, engine, dirs, max_loras, base_name, metrics)
     limit = min(max_new_tokens_limit, positions - 1)

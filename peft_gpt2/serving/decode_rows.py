@@ -1,6 +1,6 @@
 """One request row during step-wise decoding: choosing its next token, noticing it is done, and its streamed text.
 
-Kept apart from the engine's loop (``stepping``) because this is per-row arithmetic with no threads or batches.
+Kept apart from the step runner (``step_runner``) because this is per-row arithmetic with no threads or batches.
 Every row carries its own settings, so rows with different temperatures, stop strings and seeds share a step. Its
 scores are its logits through transformers' logits processors for its settings (``sampling``: what ``generate``
 applies in batch mode); a seeded row draws from its own ``torch.Generator``, so what it samples does not depend on

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from peft_gpt2.serving.api_errors import ApiError
+
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from peft_gpt2.inference.generation import Completion
     from peft_gpt2.inference.settings import GenerationSettings
     from peft_gpt2.serving.adapter_ref import AdapterRef
@@ -62,3 +66,24 @@ class Job:
     @property
     def rows(self) -> int:
         return len(self.request.prompts)
+
+
+def check_prompts(job: Job, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``job``'s prompts (token ids as sent, or tokenized here) fit its limit; sets ``job.ids`` and
+    ``job.prompt_tokens``. If not, or if the tokenizer refuses them, the job fails alone (its future gets a 400):
+    the jobs it was batched with still run."""
+    request = job.request
+    try:
+        ids = tokenizer(list(request.prompts))["input_ids"] if request.text else request.prompts
+    except Exception as err:  # its text, not the batch, is at fault
+        message = f"the tokenizer cannot take this prompt: {type(err).__name__}: {err}"
+        job.future.set_exception(ApiError(400, message, param="prompt"))
+        return False
+    lengths = [len(i) for i in ids]
+    job.prompt_tokens, job.ids, limit = sum(lengths), [list(i) for i in ids], request.limit
+    if min(lengths) == 0:
+        job.future.set_exception(ApiError(400, "empty prompt", param="prompt"))
+    elif max(lengths) > limit:
+        message = f"a prompt of {max(lengths)} tokens is over this server's limit of {limit} prompt tokens"
+        job.future.set_exception(ApiError(400, message, param="prompt", code="context_length_exceeded"))
+    return 0 < min(lengths) <= max(lengths) <= limit

@@ -28,11 +28,12 @@ from peft_gpt2.inference.generation import Completion
 from peft_gpt2.inference.settings import MIN_TEMPERATURE, GenerationSettings
 from peft_gpt2.serving import protocol_responses as wire
 from peft_gpt2.serving.adapter_ref import AdapterRef
-from peft_gpt2.serving.batching import ApiError, Engine
+from peft_gpt2.serving.api_errors import ApiError
 from peft_gpt2.serving.jobs import Job, Request
 from peft_gpt2.serving.metrics import ServerMetrics
 from peft_gpt2.serving.protocol_requests import ChatRequest, CompletionRequest, Sampling, Text
 from peft_gpt2.serving.runtime_adapters import RuntimeAdapters
+from peft_gpt2.serving.scheduler import Scheduler
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Served:
     """What the routes need besides the body: the adapters, the engine and the server's limits."""
 
     adapter_set: AdapterSet
-    engine: Engine
+    engine: Scheduler
     runtime: RuntimeAdapters
     metrics: ServerMetrics
     base_name: str

@@ -5,7 +5,7 @@ server's disk, so a path is resolved (symlinks followed) and must lie inside one
 same checks as one named at start-up (``AdapterSet.add``: adapter kind, safetensors only, base fingerprint). At most
 ``max_loras`` adapters loaded at run time stay loaded: loading one more unloads the least recently used first, as
 vLLM's ``max_loras`` and LoRAX's active-adapter limit do (adapters named at start-up are pinned). Unloading goes
-through the engine (``StepEngine.retire``): queued requests for the adapter get 404, running ones finish, and its
+through the engine (``Scheduler.retire``): queued requests for the adapter get 404, running ones finish, and its
 weights are freed when its last row ends, so no request sees a vanished or half-loaded adapter.
 """
 
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 from peft_gpt2.adapters.folder import check_name
 from peft_gpt2.errors import PeftGpt2Error
 from peft_gpt2.serving.adapter_ref import AdapterRef
-from peft_gpt2.serving.batching import ApiError
+from peft_gpt2.serving.api_errors import ApiError
 from peft_gpt2.serving.metrics import NO_METRICS
 
 if TYPE_CHECKING:
     from peft_gpt2.adapters.adapter_set import AdapterSet
     from peft_gpt2.serving.metrics import ServerMetrics
-    from peft_gpt2.serving.stepping import StepEngine
+    from peft_gpt2.serving.scheduler import Scheduler
 
 
 class RuntimeAdapters:
@@ -34,7 +34,7 @@ class RuntimeAdapters:
     def __init__(
         self,
         adapter_set: AdapterSet,
-        engine: StepEngine,
+        engine: Scheduler,
         roots: list[Path],
         max_loras: int,
         base_name: str,

@@ -356,18 +356,17 @@ def test_the_largest_values_accepted_work(http):
 def test_a_prompt_the_tokenizer_cannot_take_fails_alone(adapter_set, expected):
     """Past validation (a caller of the engine, or text validation misses): its batch-mates get their answers."""
     from peft_gpt2.serving.adapter_ref import AdapterRef
-    from peft_gpt2.serving.batching import ApiError, Engine
+    from peft_gpt2.serving.api_errors import ApiError
     from peft_gpt2.serving.jobs import Job, Request
+    from peft_gpt2.serving.whole_runner import WholeRunner
 
-    engine = Engine(adapter_set, "lock", 16, 0, 8)  # lock mode: no worker thread; run() is called here
     a = AdapterRef.of(adapter_set, "A")
     jobs = [Job(Request((p,), a, GREEDY, 1000)) for p in (PROMPTS[0], "lone \ud800", PROMPTS[1])]
-    engine.run(jobs)
+    WholeRunner(adapter_set).run(jobs)  # what batch and lock modes run a group with
     assert [c.text for c in jobs[0].future.result(0)] == [expected["A", PROMPTS[0]].text]
     assert [c.text for c in jobs[2].future.result(0)] == [expected["A", PROMPTS[1]].text]
     error = jobs[1].future.exception(0)
     assert isinstance(error, ApiError) and (error.status, error.param) == (400, "prompt")
-    engine.close()
 
 
 def test_a_panic_in_generate_fails_its_batch_with_500_and_the_worker_lives_on(adapter_set, monkeypatch):
@@ -398,7 +397,7 @@ def test_a_panic_in_generate_fails_its_batch_with_500_and_the_worker_lives_on(ad
 
 
 def test_an_error_quoting_a_lone_surrogate_can_still_be_sent():
-    from peft_gpt2.serving.batching import ApiError
+    from peft_gpt2.serving.api_errors import ApiError
 
     message = ApiError(400, "bad 'x\ud800'").body()["error"]["message"]
     assert json.dumps(message, ensure_ascii=False).encode("utf-8") and "x\\ud800" in message

@@ -14,9 +14,9 @@ from conftest import train_toy_adapter
 from peft_gpt2.adapters.adapter_set import AdapterSet
 from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.serving.adapter_ref import AdapterRef
-from peft_gpt2.serving.batching import ApiError
+from peft_gpt2.serving.api_errors import ApiError
 from peft_gpt2.serving.jobs import Job, Request
-from peft_gpt2.serving.stepping import StepEngine
+from peft_gpt2.serving.scheduler import make_engine
 
 PROMPTS = [
     "### Instruction:\nDouble it.\n\n### Input:\n7\n\n### Response:\n",
@@ -44,7 +44,7 @@ def test_rows_joining_and_leaving_answer_as_they_would_alone(adapter_set):
     same prompt generated alone by ``AdapterSet.generate`` (greedy)."""
     rng = random.Random(0)
     cases = [(rng.choice(["A", "B", None]), rng.choice(PROMPTS), rng.choice([1, 3, 9, 17])) for _ in range(48)]
-    engine = StepEngine(adapter_set, max_batch=6, wait_s=0.001, max_queue=64)
+    engine = make_engine(adapter_set, "step", max_batch=6, wait_s=0.001, max_queue=64)
     try:
         jobs = []
         for k, (adapter, prompt, tokens) in enumerate(cases):
@@ -63,7 +63,7 @@ def test_rows_joining_and_leaving_answer_as_they_would_alone(adapter_set):
 
 def test_echo_logprobs_are_the_models_own_log_softmax(adapter_set):
     ids = adapter_set.tokenizer(PROMPTS[0])["input_ids"]
-    engine = StepEngine(adapter_set, max_batch=4, wait_s=0.001, max_queue=8)
+    engine = make_engine(adapter_set, "step", max_batch=4, wait_s=0.001, max_queue=8)
     try:
         scored = job(adapter_set, [ids], "A", GenerationSettings(max_new_tokens=2, stop=[]), echo=True, logprobs=3)
         engine.submit(scored)
@@ -82,7 +82,7 @@ def test_echo_logprobs_are_the_models_own_log_softmax(adapter_set):
 
 
 def test_streamed_text_adds_up_to_the_answer_and_a_cancelled_row_leaves(adapter_set):
-    engine = StepEngine(adapter_set, max_batch=4, wait_s=0.001, max_queue=8)
+    engine = make_engine(adapter_set, "step", max_batch=4, wait_s=0.001, max_queue=8)
     try:
         pieces: list[str] = []
         settings = GenerationSettings(max_new_tokens=24, stop=["###", "e"])
@@ -103,7 +103,7 @@ def test_streamed_text_adds_up_to_the_answer_and_a_cancelled_row_leaves(adapter_
 
 
 def test_retired_adapter_queued_requests_get_404(adapter_set):
-    engine = StepEngine(adapter_set, max_batch=1, wait_s=0.001, max_queue=8)
+    engine = make_engine(adapter_set, "step", max_batch=1, wait_s=0.001, max_queue=8)
     try:
         first = job(adapter_set, [PROMPTS[3]], "B", GenerationSettings(max_new_tokens=40, stop=[]))
         queued = job(adapter_set, [PROMPTS[0]], "B", GenerationSettings(max_new_tokens=4, stop=[]))
@@ -135,7 +135,7 @@ def test_methods_peft_cannot_route_per_row_step_in_their_own_batches(tmp_path, t
 
     model, tokenizer = tiny
     m = AdapterSet(model, tokenizer, {n: make_adapter(tmp_path, method, s) for n, s in (("a", 1), ("b", 2))})
-    engine = StepEngine(m, max_batch=4, wait_s=0.01, max_queue=16)
+    engine = make_engine(m, "step", max_batch=4, wait_s=0.01, max_queue=16)
     settings = GenerationSettings(max_new_tokens=6, stop=[])
     cases = [(a, p) for a in ("a", "b", None) for p in PROMPTS[:2]]
     try:
@@ -178,7 +178,7 @@ def test_step_rows_score_with_the_processors_generate_uses(adapter_set, settings
 
 def test_a_seeded_sample_does_not_depend_on_its_batch_mates(adapter_set):
     seeded = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=0, seed=7, stop=[])
-    engine = StepEngine(adapter_set, max_batch=8, wait_s=0.05, max_queue=16)
+    engine = make_engine(adapter_set, "step", max_batch=8, wait_s=0.05, max_queue=16)
     try:
         alone = job(adapter_set, [PROMPTS[2]], "A", seeded)
         engine.submit(alone)
