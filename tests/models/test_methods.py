@@ -23,8 +23,9 @@ from peft_gpt2.evaluation.compare import compare
 from peft_gpt2.inference.settings import GenerationSettings
 from peft_gpt2.models import loading as models
 from peft_gpt2.models.methods import adapter_config, drop_routing_hooks
-from peft_gpt2.serving.batching import Job
-from peft_gpt2.serving.stepping import StepEngine
+from peft_gpt2.serving.adapter_ref import AdapterRef
+from peft_gpt2.serving.jobs import Job, Request
+from peft_gpt2.serving.scheduler import make_engine
 from peft_gpt2.training.train import train
 from peft_gpt2.training.trainer import peft_config
 
@@ -115,9 +116,9 @@ def test_virtual_tokens_are_never_ignored(tmp_path, tiny, method):
     assert answers(m.generate(prompts, adapters=["a", "a"], settings=settings, raw=True)) == decoded
     mixed = m.generate(prompts + prompts, adapters=["a", None, None, "a"], settings=settings, raw=True)
     assert answers(mixed) == [decoded[0], base_decoded[1], base_decoded[0], decoded[1]]
-    engine = StepEngine(m, max_batch=4, wait_s=0.01, max_queue=8)
+    engine = make_engine(m, "step", max_batch=4, wait_s=0.01, max_queue=8)
     try:
-        jobs = [Job([p], "a", settings, (), 1000) for p in prompts]
+        jobs = [Job(Request((p,), AdapterRef.of(m, "a"), settings, 1000)) for p in prompts]
         for j in jobs:
             engine.submit(j)
         assert answers(j.future.result(timeout=120)[0] for j in jobs) == decoded
