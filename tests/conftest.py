@@ -15,9 +15,13 @@ from pathlib import Path
 
 # Set before anything imports transformers/evaluate/datasets: they read these once, at import time.
 _CACHE = tempfile.mkdtemp(prefix="peft-gpt2-tests-")
+# pytest-xdist's workers of one run share the models they build (tiny-gpt2, SmolLM2's de-quantized GGUF: 20 s);
+# building is atomic (a folder renamed into place), so two workers building at once is safe.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_MODELS = os.path.join(tempfile.gettempdir(), f"peft-gpt2-tests-{_RUN}") if _RUN else os.path.join(_CACHE, "models")
 for _key, _value in {
     "HF_HOME": os.path.join(_CACHE, "hf"),
-    "PEFT_GPT2_CACHE": os.path.join(_CACHE, "models"),
+    "PEFT_GPT2_CACHE": _MODELS,
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "HF_EVALUATE_OFFLINE": "1",
@@ -27,6 +31,9 @@ for _key, _value in {
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):  # the cores shared out, not each taking all
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 import yaml  # noqa: E402
 from peft import (  # noqa: E402
     IA3Config,
