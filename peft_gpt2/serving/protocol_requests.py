@@ -1,8 +1,8 @@
-"""The bodies of ``/v1/completions`` and ``/v1/chat/completions``, checked field by field before anything is queued
-(see ``server`` for the limits).
+"""The bodies of ``/v1/completions`` and ``/v1/chat/completions``, checked field by field before anything is queued.
 
-Kept apart from ``server`` so the request's bounds are read in one place. Every value a client sends is bounded
-here or by ``server.Completions.check_limits`` (the server's own settings): a value that reached the model unchecked
+Kept apart from the routes so the request's bounds are read in one place. Every value a client sends is bounded
+here, or by ``routes.Served.request`` and ``jobs.check_prompts`` (the server's own limits: tokens, prompt length,
+queue): a value that reached the model unchecked
 (a seed past 64 bits, a lone surrogate, a long stop list) failed as a 500, or stalled every other request.
 Types are strict, as in OpenAI's API: a boolean, a string or a fraction is not an integer, a boolean not a number.
 """
