@@ -99,11 +99,17 @@ def completion_loss(
     rows = [(f + [tokenizer.eos_token_id])[:max_length] for f in kept.full_ids]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result = token_loss(model, rows, [len(p) for p in kept.prompt_ids], pad_token_id=pad, batch_size=batch_size)
-    position = {id(pair): i for i, pair in enumerate(pairs)}  # kept pairs back to their input positions
+    return replace(_in_input_order(result, kept.pairs, pairs), truncated=kept.truncated, dropped=kept.dropped)
+
+
+def _in_input_order(result: TokenLoss, kept: list[dict], pairs: list[dict]) -> TokenLoss:
+    """``result``'s per-row sums, which follow the ``kept`` pairs, moved to the pairs' input positions (0 for a
+    dropped pair)."""
+    position = {id(pair): i for i, pair in enumerate(pairs)}
 
     def placed(per_row: list, empty: float | int) -> list:
         values = [empty] * len(pairs)
-        for pair, value in zip(kept.pairs, per_row, strict=True):
+        for pair, value in zip(kept, per_row, strict=True):
             values[position[id(pair)]] = value
         return values
 
@@ -112,8 +118,6 @@ def completion_loss(
         nll_per_row=placed(result.nll_per_row, 0.0),
         tokens_per_row=placed(result.tokens_per_row, 0),
         correct_per_row=placed(result.correct_per_row, 0),
-        truncated=kept.truncated,
-        dropped=kept.dropped,
     )
 
 

@@ -147,6 +147,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.served.engine.close()
 
 
+def _check_options(adapter_set: AdapterSet, base_name: str, mode: str, adapter_dirs, *sizes: int | None) -> None:
+    """Refuse server options that cannot work, before anything starts."""
+    if mode not in ("step", "batch", "lock"):
+        raise PeftGpt2Error(f"mode must be 'step', 'batch' or 'lock', not {mode!r}")
+    if min(size or 1 for size in sizes) < 1:  # max_prompt_tokens None: the model's positions
+        raise PeftGpt2Error("max_batch, max_queue, max_new_tokens_limit, max_loras and max_prompt_tokens must be >= 1")
+    if base_name in adapter_set.names:
+        raise PeftGpt2Error(f"base_name {base_name!r} is also an adapter's name; choose another")
+    if adapter_dirs and mode != "step":
+        raise PeftGpt2Error("adapters loaded at run time (adapter_dirs) need mode 'step'")
+    for folder in adapter_dirs or []:
+        if not Path(folder).is_dir():
+            raise PeftGpt2Error(f"adapter_dirs: {folder} is not a folder")
+
+
 def create_app(
     adapter_set: AdapterSet,
     *,
@@ -176,17 +191,8 @@ def create_app(
         adapter_dirs: folders adapters may be loaded from at run time (``/v1/load_lora_adapter``); none: off.
         max_loras: adapters loaded at run time that stay loaded; one more unloads the least recently used.
     """
-    if mode not in ("step", "batch", "lock"):
-        raise PeftGpt2Error(f"mode must be 'step', 'batch' or 'lock', not {mode!r}")
-    if min(max_batch, max_queue, max_new_tokens_limit, max_loras, max_prompt_tokens or 1) < 1:
-        raise PeftGpt2Error("max_batch, max_queue, max_new_tokens_limit, max_loras and max_prompt_tokens must be >= 1")
-    if base_name in adapter_set.names:
-        raise PeftGpt2Error(f"base_name {base_name!r} is also an adapter's name; choose another")
-    if adapter_dirs and mode != "step":
-        raise PeftGpt2Error("adapters loaded at run time (adapter_dirs) need mode 'step'")
-    for folder in adapter_dirs or []:
-        if not Path(folder).is_dir():
-            raise PeftGpt2Error(f"adapter_dirs: {folder} is not a folder")
+    _check_options(adapter_set, base_name, mode, adapter_dirs, max_batch, max_queue, max_new_tokens_limit, max_loras,
+                   max_prompt_tokens)
     positions = max_positions(adapter_set.model.config) or 2**31
     wait = batch_wait_ms / 1000
     # the gauges read the engine at scrape time, so the metrics come first and the engine gets them to record into
