@@ -134,6 +134,23 @@ class Provenance:
             combination_type=combination_type,
         )
 
+    def merge(self, name: str, base: str, config: Any, template: str, adapter: str, source: str) -> Provenance:
+        """The record of a model folder ``name``: this adapter (called ``adapter``, from ``source``) merged into
+        ``base`` (``config``: the merged model's config), the adapter's own record kept whole."""
+        from peft_gpt2.models.loading import config_fingerprint
+
+        return Provenance(
+            name=name,
+            method="lora-merged",
+            base_model=base,
+            base_config_fingerprint=config_fingerprint(config),
+            model_type=config.model_type,
+            template=template,
+            merged_adapter=adapter,
+            merged_from=source,
+            adapter_provenance=self.to_dict(),
+        )
+
     @property
     def full_fine_tune(self) -> bool:
         """Whether the run trained every weight (its folder is a model, not an adapter)."""

@@ -41,7 +41,7 @@ def merge_adapter(
         name, template, source (`str`, *optional*): recorded in ``peft_gpt2.json``; default: the adapter's own
             name and template, and ``path``.
     """
-    from peft_gpt2.models.loading import config_fingerprint, load_base
+    from peft_gpt2.models.loading import load_base
 
     path, out = Path(path), Path(out_dir)
     if out.exists() and not overwrite:
@@ -58,15 +58,7 @@ def merge_adapter(
         tokenizer.save_pretrained(stage)
         if held_out_records(path):
             shutil.copy(path / TEST_SPLIT, stage / TEST_SPLIT)
-        Provenance(
-            name=out.name,
-            method="lora-merged",
-            base_model=base,
-            base_config_fingerprint=config_fingerprint(merged.config),
-            model_type=merged.config.model_type,
-            template=template or provenance.template,
-            merged_adapter=name or provenance.name or path.name,
-            merged_from=source or str(path),
-            adapter_provenance=provenance.to_dict(),
-        ).write(stage)
+        adapter = name or provenance.name or path.name
+        template = template or provenance.template
+        provenance.merge(out.name, base, merged.config, template, adapter, source or str(path)).write(stage)
     return out
