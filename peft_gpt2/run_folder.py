@@ -14,14 +14,12 @@ import dataclasses
 import glob
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +34,6 @@ RECIPE = "recipe.yaml"  # the fully resolved recipe
 TEST_SPLIT = "test.json"  # the held-out records (instructions) that ``compare --data test`` scores
 TRAIN_LOG = "train_log.json"  # the Trainer's log history
 STALE_AFTER_S = 600  # a staging folder unchanged this long is a killed run's, not one being written
-
-
-PACKAGES = ("peft-gpt2", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
-
-
-def main_versions() -> dict[str, str]:
-    """Python's and the main packages' versions: the provenance's ``versions``, shown on the model card."""
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
-
-
-def installed_versions() -> dict[str, str]:
-    """Every installed distribution and its version: what ``peft-gpt2 freeze RUN`` turns into a file."""
-    found = ((d.metadata["Name"], d.version) for d in distributions())
-    return dict(sorted((name, v) for name, v in found if name))
 
 
 @dataclass

@@ -3,11 +3,14 @@ staged beside the output and renamed into place."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 import warnings
+from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +24,6 @@ from peft_gpt2.run_folder import (
     TRAIN_LOG,
     Provenance,
     check_writable,
-    installed_versions,
-    main_versions,
     publish_folder,
 )
 from peft_gpt2.training.checkpoints import discard_checkpoints
@@ -30,6 +31,24 @@ from peft_gpt2.training.model_card import write_extras
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+
+PACKAGES = ("peft-gpt2", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
+
+
+def main_versions() -> dict[str, str]:
+    """Python's and the main packages' versions: the provenance's ``versions``, shown on the model card."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def installed_versions() -> dict[str, str]:
+    """Every installed distribution and its version: what ``peft-gpt2 freeze RUN`` turns into a file."""
+    found = ((d.metadata["Name"], d.version) for d in distributions())
+    return dict(sorted((name, v) for name, v in found if name))
 
 
 def distributed_mode(trainer) -> str:
