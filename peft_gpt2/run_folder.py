@@ -46,9 +46,9 @@ class Provenance:
 
     name: str | None = None
     method: str | None = None  # full | lora | lora-8bit | lora-merged | lora-combined
-    base_model: str | None = None  # what ``models.load_base`` loads (hub id, folder, .gguf, preset)
+    base_model: str | None = None  # what ``models.loading.load_base`` loads (hub id, folder, .gguf, preset)
     base_model_path: str | None = None
-    base_config_fingerprint: str | None = None  # ``models.config_fingerprint`` of the base config
+    base_config_fingerprint: str | None = None  # ``models.loading.config_fingerprint`` of the base config
     model_type: str | None = None
     template: str = DEFAULT_TEMPLATE
     data_format: str | None = None

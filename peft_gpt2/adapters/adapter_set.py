@@ -5,7 +5,7 @@
     with m.using("alpaca"):                                   # any call inside, direct model calls too
         logits = m.model(**m.tokenizer(["Hello"], return_tensors="pt")).logits
 
-Folder checks (kind, safetensors, base fingerprint) are ``adapter_folder``'s; this module is the runtime.
+Folder checks (kind, safetensors, base fingerprint) are ``adapters.folder``'s; this module is the runtime.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class AdapterSet:
         tokenizer (`PreTrainedTokenizerBase`): its tokenizer, with a pad token.
         adapters (`dict[str, str | Path]`, *optional*): ``{name: folder}``, loaded in order; the first is active.
         template (`str`, *optional*): prompt template for every row; default: each adapter's recorded one.
-        base_name (`str`, *optional*): what ``models.load_base`` loads for ``merge``; default: the adapter's record.
+        base_name (`str`, *optional*): what ``models.loading.load_base`` loads for ``merge``; default: the
+            adapter's record.
         force (`bool`, defaults to `False`): skip the base-model fingerprint check.
         allow_pickle (`bool`, defaults to `False`): accept ``adapter_model.bin`` (pickle runs code when loaded).
     """
@@ -88,7 +89,7 @@ class AdapterSet:
     def from_paths(cls, base_name: str | None, adapters: dict[str, str | Path], **kwargs) -> AdapterSet:
         """Check every folder, then load the base (default: the one the first adapter records) and the adapters.
 
-        ``dtype``, ``quantization`` and ``load_in_8bit`` go to ``models.load_base``; others to ``AdapterSet``.
+        ``dtype``, ``quantization`` and ``load_in_8bit`` go to ``models.loading.load_base``; others to ``AdapterSet``.
         """
         from peft_gpt2.models.loading import load_base
 

@@ -35,7 +35,8 @@ def merge_adapter(
     Args:
         path (`str` or `Path`): the adapter folder.
         out_dir (`str` or `Path`): the model folder to create.
-        base (`str`, *optional*): the base to merge into (``models.load_base`` name); default: the adapter's record.
+        base (`str`, *optional*): the base to merge into (``models.loading.load_base`` name); default: the
+            adapter's record.
         overwrite (`bool`, defaults to `False`): replace an existing ``out_dir``.
         force, allow_pickle (`bool`, default `False`): as for ``attach``.
         name, template, source (`str`, *optional*): recorded in ``peft_gpt2.json``; default: the adapter's own

@@ -14,7 +14,7 @@ transformers 5.23, peft 0.21, trl 1.16, bitsandbytes); none of them is about the
 * transformers (logger ``transformers.modeling_utils``): "`loss_type=None` was set in the config but it is
   unrecognized. Using the default loss: `ForCausalLMLoss`." transformers picks the loss from the class name, and
   ``GPT2LMHeadModel`` has no ``ForCausalLM`` in it; the default it falls back to is the right loss. Filtered (the
-  cause could be removed by setting ``model.loss_type = "ForCausalLM"`` where models load, ``models.py``).
+  cause could be removed by setting ``model.loss_type = "ForCausalLM"`` where models load, ``models/loading.py``).
 * transformers (same logger): "We strongly recommend passing in an `attention_mask` since your input_ids may be
   padded ...". Our own forward and generate calls pass the mask (``scoring``, ``generation``); with
   ``train.padding_free`` TRL's collator sends one unpadded row with ``position_ids`` and no mask, by design, and

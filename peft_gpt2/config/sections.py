@@ -145,7 +145,7 @@ def section(section: str, data: Any) -> dict[str, Any]:
     config (``lora`` -> ``LoraConfig``, ``ia3`` -> ``IA3Config``...) or of ``SFTConfig``.
 
     Unknown keys get the closest valid one; types are checked here; values the library owns are validated by the
-    library when the config is built (``sft.py``), before any model or data loads.
+    library when the config is built (``training/trainer.py``), before any model or data loads.
     """
     train = section == "train"
     defaults, set_by_us = (TRAIN_DEFAULTS, TRAIN_SET_BY_US) if train else (METHOD_DEFAULTS[section], ADAPTER_SET_BY_US)

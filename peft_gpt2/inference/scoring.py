@@ -58,7 +58,7 @@ def completion_loss(
     *,
     batch_size: int = 16,
     max_length: int = 1024,
-) -> dict:
+) -> TokenLoss:
     """Teacher-forced NLL of each completion and its eos given the prompt, summed per token over all pairs.
 
     Sums, not per-batch means, so perplexity is ``exp(total NLL / total completion tokens)`` for any batching.

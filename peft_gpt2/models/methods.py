@@ -149,7 +149,7 @@ def method_label(method: str, options: dict, quantization: str | None) -> str:
 
 def peft_type(path: str | Path) -> str | None:
     """The PEFT method an adapter folder declares (``"LORA"``, ``"IA3"``...), read without loading anything;
-    ``None`` if unreadable (``adapter_folder.attach`` then refuses the folder with the reason)."""
+    ``None`` if unreadable (``adapters.folder.attach`` then refuses the folder with the reason)."""
     try:
         return json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
     except (OSError, ValueError, AttributeError):
@@ -189,7 +189,7 @@ def check_mergeable(path: str | Path) -> None:
 
     try:
         config = PeftConfig.from_pretrained(str(path))
-    except Exception:  # a malformed config: ``adapter_folder.attach`` refuses it with the reason
+    except Exception:  # a malformed config: ``adapters.folder.attach`` refuses it with the reason
         return
     if config.is_prompt_learning:
         raise PeftGpt2Error(
